@@ -1,0 +1,419 @@
+"""The Genesys side of a call: one AudioHook session per WebSocket connection.
+
+The session reads the socket, keeps the protocol core (`audiohook_protocol`) fed, and owns one
+writer task that drains a bounded control queue and paces bot audio out of a `Playout`, so server
+`seq` numbers leave in order and JSON never interleaves with audio. What the call *does* lives in
+a `CallHandler` (the OpenAI bridge), which takes caller audio from the session and gives it bot
+audio and control through the methods in the "bot side" section below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from audiohook_protocol import (
+    ClientMessage,
+    OpenRequest,
+    ProtocolError,
+    ServerProtocol,
+    State,
+    barge_in_entity,
+    parse_duration,
+)
+from log_setup import conversation_id_var
+from playout import Interruption, Playout
+
+log = logging.getLogger("audiohook")
+
+SEND_TIMEOUT = 5.0  # a send blocked this long means Genesys stopped reading
+CLOSE_WAIT = 5.0  # how long a `disconnect` waits for the client's `close`
+SOCKET_GRACE = 2.0  # after `closed`, how long the client has to close the socket
+READ_IDLE_TIMEOUT = 60.0  # nothing at all from Genesys (not even a ping) for this long: gone
+HANDLER_STOP_TIMEOUT = 5.0
+MAX_CONTROL_QUEUE = 256
+DEFAULT_RETRY_AFTER = 1.0
+
+
+class CallHandler(Protocol):
+    """The bot behind a session. The session calls these from its reader: they must not block."""
+
+    async def run(self) -> None:
+        """The call's own work; cancelled when the call ends."""
+
+    def on_audio(self, audio: bytes) -> None:
+        """Caller audio (PCMU, external channel), in order."""
+
+    def on_dtmf(self, digit: str) -> None: ...
+
+    def output_variables(self) -> dict[str, str]:
+        """Output variables for a `disconnect` the session sends on its own (errors, shutdown)."""
+
+
+HandlerFactory = Callable[["AudioHookSession", OpenRequest], CallHandler]
+
+
+class AudioCounter:
+    """Stand-in bot: counts the caller audio it receives and otherwise keeps quiet."""
+
+    def __init__(self, session: AudioHookSession, request: OpenRequest) -> None:
+        self.bytes_received = 0
+
+    async def run(self) -> None:
+        return None
+
+    def on_audio(self, audio: bytes) -> None:
+        self.bytes_received += len(audio)
+
+    def on_dtmf(self, digit: str) -> None:
+        return None
+
+    def output_variables(self) -> dict[str, str]:
+        return {}
+
+
+class AudioHookSession:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        *,
+        session_id: str,
+        organization_id: str,
+        connector_id: str | None,
+        handler_factory: HandlerFactory,
+        default_outputs: Callable[[], dict[str, str]] = dict,
+    ) -> None:
+        self.ws = ws
+        self.session_id = session_id
+        self.organization_id = organization_id.lower()
+        self.connector_id = connector_id
+        self.protocol = ServerProtocol(session_id)
+        self.playout = Playout()
+        self.open_request: OpenRequest | None = None
+        self.handler: CallHandler | None = None
+        self.end_reason: str | None = None
+        self._handler_factory = handler_factory
+        self._default_outputs = default_outputs
+        self._loop = asyncio.get_running_loop()
+        self._control: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()  # the control queue is empty and its last message was sent
+        self._finished = asyncio.Event()
+        self._close_deadline: float | None = None
+        self._handler_task: asyncio.Task[None] | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._playback_seen = False
+        self._playback_idle = asyncio.Event()
+        self._playback_idle.set()
+        self.last_receive = self._loop.time()
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._writer_task = asyncio.create_task(self._writer(), name=f"writer-{self.session_id}")
+        try:
+            await self._read_loop()
+        finally:
+            await self._release()
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._read_timeout()):
+                    message = await self.ws.recv()
+            except TimeoutError:
+                self._on_read_timeout()
+                return
+            except ConnectionClosed as exc:
+                if self.protocol.state is not State.CLOSED:
+                    self.end_reason = self.end_reason or "genesys dropped the connection"
+                    log.warning("connection dropped without a close (code %s)", exc.rcvd and exc.rcvd.code)
+                return
+            self.last_receive = self._loop.time()
+            if isinstance(message, str):
+                self._on_text(message)
+            else:
+                self._on_binary(message)
+
+    def _read_timeout(self) -> float:
+        if self.protocol.state is State.CLOSED:
+            return SOCKET_GRACE
+        if self.protocol.state is State.DISCONNECTING and self._close_deadline is not None:
+            return max(0.0, self._close_deadline - self._loop.time())
+        return READ_IDLE_TIMEOUT
+
+    def _on_read_timeout(self) -> None:
+        state = self.protocol.state
+        if state is State.DISCONNECTING:
+            self.end_reason = self.end_reason or "no close after disconnect"
+            log.warning("no close from Genesys within %ss of our disconnect", CLOSE_WAIT)
+        elif state is not State.CLOSED:
+            self.end_reason = "genesys silent"
+            log.warning("nothing received from Genesys for %ss; ending the session", READ_IDLE_TIMEOUT)
+
+    async def _release(self) -> None:
+        self._finished.set()
+        await self._stop_handler()
+        # Let the writer put out what is queued (closed, disconnect) before the socket goes.
+        if self._control and self._writer_task is not None and not self._writer_task.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._drained.wait()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(SOCKET_GRACE):
+                await self.ws.close()
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer_task
+        log.info(
+            "session ended: %s (caller audio %d bytes)",
+            self.end_reason or "closed",
+            self.protocol.audio_bytes_in,
+        )
+
+    async def _stop_handler(self) -> None:
+        task = self._handler_task
+        if task is None or task.done():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            async with asyncio.timeout(HANDLER_STOP_TIMEOUT):
+                await task
+
+    # -- from Genesys ------------------------------------------------------------------------
+
+    def _on_text(self, text: str) -> None:
+        try:
+            msg = self.protocol.receive_text(text)
+        except ProtocolError as exc:
+            self._violation(exc.info)
+            return
+        handler = getattr(self, f"_on_{msg.type}", None)
+        if handler is not None:
+            handler(msg)
+
+    def _on_binary(self, data: bytes) -> None:
+        try:
+            audio = self.protocol.receive_audio(data)
+        except ProtocolError as exc:
+            self._violation(exc.info)
+            return
+        if audio and self.handler is not None:
+            self.handler.on_audio(audio)
+
+    def _violation(self, info: str) -> None:
+        log.warning("protocol violation: %s", info)
+        self.protocol.mark_violation()
+        if self.protocol.state in (State.DISCONNECTING, State.CLOSED):
+            return
+        self.end_reason = f"protocol error: {info}"
+        self._send_disconnect("error", info, self._outputs())
+        self._cancel_handler()
+
+    def _on_open(self, msg: ClientMessage) -> None:
+        request = msg.open
+        assert request is not None
+        if request.organization_id != self.organization_id:
+            log.warning("organization id in open does not match the upgrade request")
+            self.end_reason = "organization mismatch"
+            self._send_disconnect("unauthorized", "organization mismatch", self._outputs())
+            return
+        self.open_request = request
+        conversation_id_var.set(request.conversation_id)
+        self._queue(self.protocol.opened())
+        if request.probe:
+            log.info("connection probe answered")
+            self.end_reason = "probe"
+            return
+        log.info(
+            "call opened: connector=%s media=%s input variables=%d",
+            self.connector_id or "-",
+            "stereo" if request.media.channels == 2 else "mono",
+            len(request.input_variables),
+        )
+        self.handler = self._handler_factory(self, request)
+        self._handler_task = asyncio.create_task(self._run_handler(), name=f"call-{self.session_id}")
+
+    def _on_close(self, msg: ClientMessage) -> None:
+        if self.protocol.state is State.CLOSED:
+            return
+        if self.protocol.state is not State.DISCONNECTING:
+            self.end_reason = self.end_reason or "caller hung up"
+        self._queue(self.protocol.closed())
+        self._cancel_handler()
+        self._finished.set()
+        log.info("close answered (reason %s)", msg.parameters.get("reason", "-"))
+
+    def _on_ping(self, msg: ClientMessage) -> None:
+        self._queue(self.protocol.pong(msg.seq))
+
+    def _on_update(self, msg: ClientMessage) -> None:
+        self._queue(self.protocol.updated())
+
+    def _on_error(self, msg: ClientMessage) -> None:
+        code = msg.parameters["code"]
+        log.warning("Genesys reported error %s: %s", code, str(msg.parameters.get("message", ""))[:200])
+        if code == 429:
+            retry = msg.parameters.get("retryAfter")
+            seconds = parse_duration(retry) if retry is not None else DEFAULT_RETRY_AFTER
+            self.playout.hold(self._loop.time() + seconds)
+
+    def _on_dtmf(self, msg: ClientMessage) -> None:
+        if self.handler is not None:
+            self.handler.on_dtmf(msg.parameters["digit"])
+
+    def _on_paused(self, msg: ClientMessage) -> None:
+        log.info("Genesys paused the audio")
+
+    def _on_resumed(self, msg: ClientMessage) -> None:
+        log.info("Genesys resumed the audio")
+
+    def _on_playback_started(self, msg: ClientMessage) -> None:
+        self._playback_seen = True
+        self._playback_idle.clear()
+
+    def _on_playback_completed(self, msg: ClientMessage) -> None:
+        self._playback_seen = True
+        self._playback_idle.set()
+
+    # -- to Genesys --------------------------------------------------------------------------
+
+    def _queue(self, text: str) -> None:
+        if len(self._control) >= MAX_CONTROL_QUEUE:
+            self._give_up("control queue full")
+            return
+        self._control.append(text)
+        self._drained.clear()
+        self._wake.set()
+
+    def _send_disconnect(self, reason: str, info: str | None, outputs: dict[str, str]) -> None:
+        self._queue(self.protocol.disconnect(reason, info, outputs))
+        self._close_deadline = self._loop.time() + CLOSE_WAIT
+
+    async def _writer(self) -> None:
+        while True:
+            if self._control:
+                if not await self._send(self._control.popleft()):
+                    return
+                continue
+            self._drained.set()
+            now = self._loop.time()
+            frame = self.playout.take(now)
+            if frame is not None:
+                if not await self._send(frame):
+                    return
+                continue
+            wake_at = self.playout.next_send_at(now)
+            self._wake.clear()
+            if wake_at is None:
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(wake_at):
+                        await self._wake.wait()
+
+    async def _send(self, data: str | bytes) -> bool:
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await self.ws.send(data)
+        except TimeoutError:
+            self._give_up(f"Genesys stopped reading (send blocked {SEND_TIMEOUT}s)")
+            return False
+        except ConnectionClosed:
+            return False
+        return True
+
+    def _give_up(self, why: str) -> None:
+        """The client is not reading: end the call without waiting on it."""
+        log.warning("ending the session: %s", why)
+        self.end_reason = f"back-pressure: {why}"
+        self._control.clear()
+        self.ws.transport.abort()
+
+    def _outputs(self) -> dict[str, str]:
+        if self.handler is not None:
+            try:
+                return self.handler.output_variables()
+            except Exception:
+                log.exception("output variables failed")
+        return self._default_outputs()
+
+    def _cancel_handler(self) -> None:
+        if self._handler_task is not None and self._handler_task is not asyncio.current_task():
+            self._handler_task.cancel()
+
+    async def _run_handler(self) -> None:
+        assert self.handler is not None
+        try:
+            await self.handler.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call handler failed")
+            self.end_reason = "internal error"
+            await self.disconnect("error", "internal error", self._outputs())
+
+    # -- bot side ----------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self.protocol.state is State.OPEN
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def play(self, response_id: str, item_id: str, audio: bytes) -> bool:
+        """Queue bot audio for paced sending. False when it cannot be queued (call ending, full)."""
+        if not self.is_open:
+            return False
+        if not self.playout.add(response_id, item_id, audio):
+            return False
+        self._wake.set()
+        return True
+
+    def audio_busy(self) -> bool:
+        """Bot audio queued or still playing at Genesys."""
+        return self.playout.busy(self._loop.time())
+
+    def barge_in(self) -> Interruption | None:
+        """The caller spoke over the bot: tell Genesys to flush, drop our queue, say what was heard."""
+        now = self._loop.time()
+        if not self.is_open or not self.playout.busy(now):
+            return None
+        self._queue(self.protocol.event([barge_in_entity()]))
+        return self.playout.interrupt(now)
+
+    def send_event(self, entity: dict) -> None:
+        if self.is_open:
+            self._queue(self.protocol.event([entity]))
+
+    async def wait_played(self) -> None:
+        """Until every queued byte was sent and played out (and Genesys said so, if it does)."""
+        while self.playout.busy(self._loop.time()):
+            end = self.playout.playout_end
+            await asyncio.sleep(max(0.02, min(0.2, end - self._loop.time())))
+        if self._playback_seen:
+            await self._playback_idle.wait()
+
+    async def disconnect(
+        self, reason: str, info: str | None = None, output_variables: dict[str, str] | None = None
+    ) -> None:
+        """Run the close transaction: `disconnect`, then the client's `close`, then `closed`."""
+        if self.protocol.state in (State.DISCONNECTING, State.CLOSED):
+            return
+        self.end_reason = self.end_reason or f"disconnect {reason}" + (f": {info}" if info else "")
+        log.info("disconnecting: %s%s", reason, f" ({info})" if info else "")
+        self._send_disconnect(
+            reason, info, output_variables if output_variables is not None else self._outputs()
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT + 1):
+                await self._finished.wait()

@@ -1,0 +1,107 @@
+"""Shared fixtures: a connector on 127.0.0.1 with an ephemeral port, and call simulators dialling it."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from config import load_settings  # noqa: E402
+from log_setup import install_call_context  # noqa: E402
+from oai_middleware import App  # noqa: E402
+
+install_call_context()
+
+API_KEY = "test-api-key"
+# The documented test vector's client secret.
+CLIENT_SECRET = "TXlTdXBlclNlY3JldEtleVRlbGxOby0xITJAMyM0JDU="
+
+
+def make_settings(**env: str):
+    base = {"GENESYS_API_KEY": API_KEY, "HOST": "127.0.0.1"}
+    base.update(env)
+    return dataclasses.replace(load_settings(base), port=0)
+
+
+@pytest.fixture
+async def start_app():
+    """Start connectors; every one started is stopped at the end of the test."""
+    apps: list[App] = []
+
+    async def start(settings=None, **kwargs) -> App:
+        kwargs.setdefault("auth_failure_delay", 0.01)
+        app = App(settings or make_settings(), **kwargs)
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        await app.stop()
+
+
+def ws_url(app: App, path: str = "/audiohook") -> str:
+    return f"ws://127.0.0.1:{app.port}{path}"
+
+
+class RecordingHandler:
+    """A bot for session tests: records what the session hands it; optional scripted actions."""
+
+    instances: list[RecordingHandler] = []
+
+    def __init__(self, session, request, script=None) -> None:
+        self.session = session
+        self.request = request
+        self.audio = bytearray()
+        self.digits: list[str] = []
+        self.cancelled = False
+        self.script = script
+        RecordingHandler.instances.append(self)
+
+    async def run(self) -> None:
+        import asyncio
+
+        try:
+            if self.script is not None:
+                await self.script(self)
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+    def on_audio(self, audio: bytes) -> None:
+        self.audio += audio
+
+    def on_dtmf(self, digit: str) -> None:
+        self.digits.append(digit)
+
+    def output_variables(self) -> dict[str, str]:
+        return {"RECORDED_BYTES": str(len(self.audio))}
+
+
+def recording_factory(script=None):
+    def factory(session, request):
+        return RecordingHandler(session, request, script)
+
+    return factory
+
+
+async def settled(app: App, timeout: float = 3.0) -> None:
+    """Wait until the connector holds no session any more."""
+    import asyncio
+
+    async with asyncio.timeout(timeout):
+        while app.sessions:
+            await asyncio.sleep(0.01)
+
+
+def live_tasks() -> set:
+    import asyncio
+
+    current = asyncio.current_task()
+    return {t for t in asyncio.all_tasks() if t is not current and not t.done()}

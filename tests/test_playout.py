@@ -1,0 +1,138 @@
+"""Pacing of bot audio and the model of what the caller heard, driven by a fake clock."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from playout import Playout
+
+
+def run(playout: Playout, until: float, step: float = 0.01, start: float = 0.0):
+    """Drive the playout like the writer task does; return (time, frame) pairs."""
+    frames = []
+    now = start
+    while now <= until:
+        frame = playout.take(now)
+        if frame is not None:
+            frames.append((now, frame))
+            continue
+        wake = playout.next_send_at(now)
+        now = max(now + step, wake) if wake is not None else now + step
+    return frames
+
+
+def test_first_frame_goes_at_once_and_carries_at_most_the_lead():
+    p = Playout(lead=0.6, frame=0.2, min_interval=0.1)
+    p.add("r1", "i1", b"\x01" * 8000 * 5)
+    frame = p.take(0.0)
+    assert frame is not None and len(frame) == 4800
+
+
+def test_audio_is_paced_at_real_time_within_the_lead_and_rate():
+    p = Playout(lead=0.6, frame=0.2, min_interval=0.1)
+    audio = bytes(range(256)) * 250  # 8 s
+    p.add("r1", "i1", audio)
+    frames = run(p, until=10.0)
+    assert b"".join(f for _, f in frames) == audio
+    sent = 0
+    for (t, frame), (t_next, _) in itertools.pairwise(frames):
+        sent += len(frame)
+        assert sent / 8000 - t <= 0.6 + 1e-9  # never more than the lead ahead of playback
+        assert t_next - t >= 0.1 - 1e-9  # at most ten messages a second
+    assert len(frames) <= 8 / 0.2 + 2
+    assert frames[-1][0] == pytest.approx(8 - 0.6, abs=0.25)
+
+
+def test_frames_never_exceed_64000_bytes():
+    p = Playout(lead=20.0, frame=0.2, min_interval=0.1)
+    p.add("r1", "i1", b"\x01" * 8000 * 30)
+    assert max(len(f) for _, f in run(p, until=40.0)) <= 64_000
+
+
+def test_heard_ms_is_playback_start_plus_elapsed_clamped_to_sent():
+    p = Playout(lead=0.6, frame=0.2, min_interval=0.1)
+    p.add("r1", "i1", b"\x01" * 8000 * 3)
+    run(p, until=1.0)
+    cut = p.interrupt(1.0)
+    assert cut.item_id == "i1" and cut.response_id == "r1"
+    assert cut.heard_ms == 1000
+    assert 1000 <= cut.sent_ms <= 1600
+    assert not p.busy(1.0) and p.queued_bytes == 0
+
+
+def test_interrupt_when_all_audio_was_sent_but_not_yet_played():
+    p = Playout(lead=0.6)
+    p.add("r1", "i1", b"\x01" * 4000)  # 0.5 s, all sent at t=0
+    assert len(p.take(0.0)) == 4000
+    cut = p.interrupt(0.3)
+    assert (cut.heard_ms, cut.sent_ms, cut.dropped_bytes) == (300, 500, 0)
+
+
+def test_nothing_to_interrupt_once_playback_finished():
+    p = Playout()
+    p.add("r1", "i1", b"\x01" * 800)
+    p.take(0.0)
+    assert p.busy(0.05) and not p.busy(0.2)
+    assert p.interrupt(0.2) is None
+
+
+def test_interrupt_reports_the_item_being_heard_not_a_later_queued_one():
+    p = Playout(lead=0.6)
+    p.add("r1", "i1", b"\x01" * 1600)  # 0.2 s
+    p.add("r1", "i2", b"\x02" * 8000)
+    run(p, until=0.5)
+    cut = p.interrupt(0.5)
+    assert cut.item_id == "i2" and cut.heard_ms == 300
+
+
+def test_gaps_in_sending_are_not_counted_as_heard():
+    p = Playout(lead=0.6)
+    p.add("r1", "i1", b"\x01" * 800)  # 0.1 s, then an underrun
+    p.take(0.0)
+    p.add("r1", "i1", b"\x01" * 800)
+    p.take(1.0)  # plays 1.0 .. 1.1
+    assert p.interrupt(1.05).heard_ms == 150
+
+
+def test_hold_delays_sending():
+    p = Playout()
+    p.add("r1", "i1", b"\x01" * 8000)
+    p.hold(2.0)
+    assert p.take(1.0) is None
+    assert p.next_send_at(1.0) == 2.0
+    assert p.take(2.0) is not None
+
+
+def test_buffer_is_bounded():
+    p = Playout(max_buffered_bytes=1000)
+    assert p.add("r", "i", b"\x01" * 900)
+    assert not p.add("r", "i", b"\x01" * 200)
+    assert p.queued_bytes == 900
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 0.5), st.integers(1, 6000)), min_size=1, max_size=15))
+def test_any_delta_pattern_keeps_order_lead_and_rate(deltas):
+    p = Playout(lead=0.6, frame=0.2, min_interval=0.1)
+    now, sent, last_send = 0.0, bytearray(), None
+    expected = bytearray()
+    for n, (gap, size) in enumerate(deltas):
+        deadline = now + gap
+        while now < deadline:
+            frame = p.take(now)
+            if frame:
+                assert last_send is None or now - last_send >= 0.1 - 1e-9
+                assert p.playout_end - now <= 0.6 + 1e-9
+                last_send = now
+                sent += frame
+            now += 0.01
+        chunk = bytes([n % 256]) * size
+        expected += chunk
+        p.add("r", "i", chunk)
+    for _t, frame in run(p, until=now + 60, start=now):
+        sent += frame
+    assert sent == expected
