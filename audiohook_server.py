@@ -60,25 +60,6 @@ class CallHandler(Protocol):
 HandlerFactory = Callable[["AudioHookSession", OpenRequest], CallHandler]
 
 
-class AudioCounter:
-    """Stand-in bot: counts the caller audio it receives and otherwise keeps quiet."""
-
-    def __init__(self, session: AudioHookSession, request: OpenRequest) -> None:
-        self.bytes_received = 0
-
-    async def run(self) -> None:
-        return None
-
-    def on_audio(self, audio: bytes) -> None:
-        self.bytes_received += len(audio)
-
-    def on_dtmf(self, digit: str) -> None:
-        return None
-
-    def output_variables(self) -> dict[str, str]:
-        return {}
-
-
 class AudioHookSession:
     def __init__(
         self,

@@ -127,6 +127,7 @@ class GenesysCall:
         self._ended = asyncio.Event()  # disconnect or closed received, or the socket went
         self._closed = asyncio.Event()
         self._playout_end = 0.0
+        self._playout_clock = 0.0  # when the bot audio received so far ends, for progress lines
         self._playing = False
         self._t0 = time.monotonic()
 
@@ -334,6 +335,9 @@ class GenesysCall:
             self._violation("audio before opened")
         if self.record.closed_at is not None:
             self._violation("audio after closed")
+        if self._playout_clock < now - 0.3:
+            self._say("<- bot audio")
+        self._playout_clock = max(self._playout_clock, now) + len(data) / 8000
         self.record.audio_frames.append((now, len(data)))
         self.record.bot_audio += data
         if self.playback_events:

@@ -1,31 +1,265 @@
 """Settings: read once at start from the environment (and `.env`), validated, typed, frozen.
 
-A bad value raises ConfigError with one line naming the variable and what it expects; the value
-of a secret is never echoed.
+Two levels:
+
+* process settings (`Settings`), from the environment; a bad value raises ConfigError with one
+  line naming the variable and what it expects, and the value of a secret is never echoed;
+* per-call settings (`CallConfig`), resolved once at `open` from, in order of precedence, the
+  Architect input variable, the bot profile of the connector id, the environment, the built-in
+  default. A malformed input variable falls back with one WARNING line; a malformed profile or
+  environment value stops start-up.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import logging
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
 
 from genesys_auth import ApiKey
+from openai_client import VOICES
+
+log = logging.getLogger("config")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 MIN_PER_KEY_SECRET_BYTES = 16
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
 class ConfigError(Exception):
     """One line: the variable and what it expects."""
+
+
+# -- per-call settings -----------------------------------------------------------------------
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _voice(value: str) -> str:
+    if value not in VOICES:
+        raise ValueError(f"one of {', '.join(VOICES)}")
+    return value
+
+
+_REALTIME_MODEL = re.compile(r"^gpt-[a-z0-9.-]*realtime[a-z0-9.-]*$")
+
+
+def _model(value: str) -> str:
+    # Model names stay configuration strings; this only keeps typos out of per-call overrides.
+    if not _REALTIME_MODEL.match(value):
+        raise ValueError("a Realtime model name such as gpt-realtime-2.1-mini")
+    return value
+
+
+def _max_output_tokens(value: str) -> int | str:
+    if value.lower() == "inf":
+        return "inf"
+    number = int(value) if value.isdigit() else 0
+    if not 1 <= number <= 4096:
+        raise ValueError("an integer from 1 to 4096, or inf")
+    return number
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.lower() not in choices:
+            raise ValueError(f"one of {', '.join(choices)}")
+        return value.lower()
+
+    return parse
+
+
+def _optional_choice(*choices: str) -> Callable[[str], str | None]:
+    def parse(value: str) -> str | None:
+        if value == "":
+            return None
+        if value.lower() not in choices:
+            raise ValueError(f"one of {', '.join(choices)}, or empty")
+        return value.lower()
+
+    return parse
+
+
+def _optional_text(value: str) -> str | None:
+    return value or None
+
+
+def _number(low: float, high: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not low <= number <= high:
+            raise ValueError(f"a number from {low:g} to {high:g}")
+        return number
+
+    return parse
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value) if value.strip().lstrip("-").isdigit() else low - 1
+        if not low <= number <= high:
+            raise ValueError(f"an integer from {low} to {high}")
+        return number
+
+    return parse
+
+
+def _ids(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in re.split(r"[,|]", value) if p.strip())
+
+
+def _descriptions(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split("|"))
+
+
+@dataclass(frozen=True)
+class CallKey:
+    """A per-call setting: its name (input variable = profile key = environment variable)."""
+
+    name: str
+    attr: str
+    default: Any
+    parse: Callable[[str], Any]
+    empty_is_value: bool = False  # "" means "off" rather than "not set"
+    input_parse: Callable[[str], Any] | None = None  # stricter check for Architect input variables
+
+
+CALL_KEYS: tuple[CallKey, ...] = (
+    CallKey("OPENAI_SYSTEM_PROMPT", "system_prompt", DEFAULT_SYSTEM_PROMPT, _text),
+    CallKey("OPENAI_VOICE", "voice", "sage", _voice),
+    CallKey("OPENAI_MODEL", "model", "gpt-realtime-mini", _text, input_parse=_model),
+    CallKey("OPENAI_MAX_OUTPUT_TOKENS", "max_output_tokens", "inf", _max_output_tokens),
+    CallKey("LANGUAGE", "language", None, _optional_text),
+    CallKey("CUSTOMER_DATA", "customer_data", None, _optional_text),
+    CallKey("AGENT_NAME", "agent_name", "AI Assistant", _text),
+    CallKey("COMPANY_NAME", "company_name", "Our Company", _text),
+    CallKey("INITIAL_GREETING", "greeting", None, _optional_text),
+    CallKey("DATA_ACTION_IDS", "data_action_ids", (), _ids),
+    CallKey("DATA_ACTION_DESCRIPTIONS", "data_action_descriptions", (), _descriptions),
+    CallKey("OPENAI_TURN_DETECTION", "turn_detection", "semantic_vad", _choice("semantic_vad", "server_vad")),
+    CallKey("OPENAI_VAD_THRESHOLD", "vad_threshold", 0.5, _number(0.0, 1.0)),
+    CallKey("OPENAI_VAD_SILENCE_MS", "vad_silence_ms", 500, _integer(0, 10_000)),
+    CallKey("OPENAI_VAD_PREFIX_PADDING_MS", "vad_prefix_padding_ms", 300, _integer(0, 10_000)),
+    CallKey("OPENAI_VAD_EAGERNESS", "vad_eagerness", "auto", _choice("low", "medium", "high", "auto")),
+    CallKey(
+        "OPENAI_TRANSCRIPTION_MODEL",
+        "transcription_model",
+        "gpt-4o-mini-transcribe",
+        _optional_text,
+        empty_is_value=True,
+    ),
+    CallKey(
+        "OPENAI_NOISE_REDUCTION",
+        "noise_reduction",
+        "near_field",
+        _optional_choice("near_field", "far_field"),
+        empty_is_value=True,
+    ),
+)
+CALL_KEY_NAMES = frozenset(k.name for k in CALL_KEYS)
+# Marked deprecated by OpenAI (openai 3.54.0 docstring: shutdown announced for 2027-01-20).
+DEPRECATED_MODELS = frozenset(
+    {"gpt-realtime", "gpt-realtime-2025-08-28", "gpt-realtime-mini", "gpt-realtime-mini-2025-12-15"}
+)
+# Accepted from Architect for compatibility, and ignored: the GA Realtime API has no temperature.
+IGNORED_INPUT_VARIABLES = frozenset({"OPENAI_TEMPERATURE"})
+
+
+@dataclass(frozen=True)
+class CallConfig:
+    """One call's settings, resolved once at `open`."""
+
+    system_prompt: str
+    voice: str
+    model: str
+    max_output_tokens: int | str
+    language: str | None
+    customer_data: str | None
+    agent_name: str
+    company_name: str
+    greeting: str | None
+    data_action_ids: tuple[str, ...]
+    data_action_descriptions: tuple[str, ...]
+    turn_detection: str
+    vad_threshold: float
+    vad_silence_ms: int
+    vad_prefix_padding_ms: int
+    vad_eagerness: str
+    transcription_model: str | None
+    noise_reduction: str | None
+    connector_id: str | None = None
+
+
+def _read_call_value(key: CallKey, raw: Any, *, from_input: bool = False) -> Any:
+    """Parse one per-call value; ValueError names what is expected."""
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise ValueError("a string")
+    text = str(raw).strip()
+    if text == "" and not key.empty_is_value:
+        raise ValueError("a non-empty value")
+    parse = key.input_parse if from_input and key.input_parse else key.parse
+    return parse(text)
+
+
+def _call_layer(source: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Environment or profile values for the per-call keys; a bad one is a ConfigError."""
+    values = {}
+    for key in CALL_KEYS:
+        if key.name not in source:
+            continue
+        raw = source[key.name]
+        if isinstance(raw, str) and raw.strip() == "" and not key.empty_is_value:
+            continue
+        try:
+            values[key.attr] = _read_call_value(key, raw)
+        except ValueError as exc:
+            raise ConfigError(f"{where}{key.name} must be {exc}") from None
+    return values
+
+
+def resolve_call_config(
+    defaults: Mapping[str, Any],
+    profile: Mapping[str, Any] | None,
+    input_variables: Mapping[str, str],
+    connector_id: str | None = None,
+) -> CallConfig:
+    """Input variable > profile > environment (`defaults`) > built-in default."""
+    values = {key.attr: key.default for key in CALL_KEYS}
+    values.update(defaults)
+    values.update(profile or {})
+    for key in CALL_KEYS:
+        if key.name not in input_variables:
+            continue
+        raw = input_variables[key.name]
+        if raw.strip() == "" and not key.empty_is_value:
+            continue
+        try:
+            values[key.attr] = _read_call_value(key, raw, from_input=True)
+        except ValueError as exc:
+            log.warning("input variable %s is not %s; using %r", key.name, exc, values[key.attr])
+    for name in IGNORED_INPUT_VARIABLES & input_variables.keys():
+        log.info("input variable %s is ignored: the GA Realtime API has no temperature", name)
+    return CallConfig(**values, connector_id=connector_id)
+
+
+# -- process settings ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -37,17 +271,27 @@ class Settings:
     allowed_organization_ids: frozenset[str]
     log_level: str
     log_format: str
+    openai_api_key: str
+    openai_realtime_url: str
+    openai_reconnect_seconds: float
+    # Per-call defaults from the environment (CallKey.attr -> value) and bot profiles.
+    call_defaults: Mapping[str, Any] = field(default_factory=dict)
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # (name, shown value) of every variable read, secrets masked: for --check-config.
     report: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log filter."""
-        out = []
+        out = [self.openai_api_key]
         for key in self.api_keys:
             out.append(key.key)
             if key.secret is not None:
                 out.append(base64.b64encode(key.secret).decode())
         return [s for s in out if s]
+
+    def call_config(self, connector_id: str | None, input_variables: Mapping[str, str]) -> CallConfig:
+        profile = self.profiles.get(connector_id) if connector_id else None
+        return resolve_call_config(self.call_defaults, profile, input_variables, connector_id)
 
 
 def read_environment(env_file: str | os.PathLike[str] = ".env") -> dict[str, str]:
@@ -83,31 +327,24 @@ class _Reader:
             raise ConfigError(f"{name} is required: {what}")
         return value
 
-    def integer(self, name: str, default: int, low: int, high: int) -> int:
+    def parsed(
+        self, name: str, default: Any, parse: Callable[[str], Any], show: Callable[[Any], str] = str
+    ) -> Any:
         value = self.raw(name)
         result = default
         if value is not None:
             try:
-                result = int(value)
-            except ValueError:
-                result = low - 1
-            if not low <= result <= high:
-                raise ConfigError(f"{name} must be an integer from {low} to {high} (got {value!r})")
-        self.report.append((name, str(result)))
+                result = parse(value)
+            except ValueError as exc:
+                raise ConfigError(f"{name} must be {exc} (got {value!r})") from None
+        self.report.append((name, show(result)))
         return result
 
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        return self.parsed(name, default, _integer(low, high))
+
     def number(self, name: str, default: float, low: float, high: float) -> float:
-        value = self.raw(name)
-        result = default
-        if value is not None:
-            try:
-                result = float(value)
-            except ValueError:
-                result = float("nan")
-            if not low <= result <= high:
-                raise ConfigError(f"{name} must be a number from {low:g} to {high:g} (got {value!r})")
-        self.report.append((name, f"{result:g}"))
-        return result
+        return self.parsed(name, default, _number(low, high), lambda v: f"{v:g}")
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self.raw(name)
@@ -133,6 +370,13 @@ class _Reader:
         items = tuple(p.strip() for p in value.replace("|", ",").split(",") if p.strip())
         self.report.append((name, ",".join(items) if items else "<unset>"))
         return items
+
+    def call_defaults(self) -> dict[str, Any]:
+        values = _call_layer(self.env, "")
+        for key in CALL_KEYS:
+            shown = values.get(key.attr, key.default)
+            self.report.append((key.name, _show(None if shown is None else str(shown))))
+        return values
 
 
 def _show(value: str | None) -> str:
@@ -187,6 +431,29 @@ def parse_api_keys(raw: str, shared_secret: bytes | None) -> tuple[ApiKey, ...]:
     return tuple(keys)
 
 
+def load_profiles(path: str) -> dict[str, dict[str, Any]]:
+    """`BOT_PROFILES_PATH`: a JSON object keyed by connector id, each a profile of per-call keys."""
+    name = "BOT_PROFILES_PATH"
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path} ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {path} is not valid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{name}: {path} must hold a JSON object keyed by connector id")
+    profiles = {}
+    for connector_id, profile in document.items():
+        where = f"{name}: profile {connector_id!r}: "
+        if not isinstance(profile, dict):
+            raise ConfigError(f"{where}must be an object")
+        unknown = sorted(set(profile) - CALL_KEY_NAMES)
+        if unknown:
+            raise ConfigError(f"{where}unknown key {unknown[0]}")
+        profiles[connector_id] = _call_layer(profile, where)
+    return profiles
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     r = _Reader(env)
     debug = r.boolean("DEBUG", False)
@@ -201,6 +468,15 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     api_keys = parse_api_keys(raw_keys, shared_secret)
     expected_authority = r.string("GENESYS_EXPECTED_AUTHORITY")
     orgs = r.csv("GENESYS_ALLOWED_ORGANIZATION_IDS")
+    openai_api_key = r.required("OPENAI_API_KEY", "an OpenAI API key with Realtime access", secret=True)
+    realtime_url = r.string("OPENAI_REALTIME_URL", "wss://api.openai.com/v1/realtime")
+    assert realtime_url is not None
+    if not realtime_url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"OPENAI_REALTIME_URL must be a ws:// or wss:// URL (got {realtime_url!r})")
+    reconnect = r.number("OPENAI_RECONNECT_SECONDS", 10.0, 0.5, 300.0)
+    call_defaults = r.call_defaults()
+    profiles_path = r.string("BOT_PROFILES_PATH")
+    profiles = load_profiles(profiles_path) if profiles_path else {}
     return Settings(
         host=host,
         port=port,
@@ -209,5 +485,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         allowed_organization_ids=frozenset(o.lower() for o in orgs),
         log_level=log_level,
         log_format=log_format,
+        openai_api_key=openai_api_key,
+        openai_realtime_url=realtime_url,
+        openai_reconnect_seconds=reconnect,
+        call_defaults=call_defaults,
+        profiles=profiles,
         report=tuple(r.report),
     )

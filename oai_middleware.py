@@ -21,8 +21,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from audiohook_protocol import is_uuid
-from audiohook_server import AudioCounter, AudioHookSession, HandlerFactory
-from config import ConfigError, Settings, load_settings, read_environment
+from audiohook_server import AudioHookSession, HandlerFactory
+from call_bridge import make_bridge_factory
+from config import DEPRECATED_MODELS, ConfigError, Settings, load_settings, read_environment
 from genesys_auth import Authenticator, Failure
 from log_setup import configure_logging, session_id_var
 
@@ -52,12 +53,12 @@ class App:
         self,
         settings: Settings,
         *,
-        handler_factory: HandlerFactory = AudioCounter,
+        handler_factory: HandlerFactory | None = None,
         default_outputs: Callable[[], dict[str, str]] = dict,
         auth_failure_delay: float = AUTH_FAILURE_DELAY,
     ) -> None:
         self.settings = settings
-        self.handler_factory = handler_factory
+        self.handler_factory = handler_factory or make_bridge_factory(settings)
         self.default_outputs = default_outputs
         self.auth_failure_delay = auth_failure_delay
         self.authenticator = Authenticator(
@@ -170,6 +171,9 @@ async def serve_until_signal(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await app.start()
     log.info("listening on %s:%d", settings.host, app.port)
+    model = settings.call_defaults.get("model", "gpt-realtime-mini")
+    if model in DEPRECATED_MODELS:
+        log.warning("OPENAI_MODEL %s is marked deprecated by OpenAI; consider gpt-realtime-2.1-mini", model)
     await stop.wait()
     log.info("stopping")
     await app.stop()

@@ -22,10 +22,48 @@ API_KEY = "test-api-key"
 CLIENT_SECRET = "TXlTdXBlclNlY3JldEtleVRlbGxOby0xITJAMyM0JDU="
 
 
+OPENAI_KEY = "sk-test-not-a-real-key"
+
+
 def make_settings(**env: str):
-    base = {"GENESYS_API_KEY": API_KEY, "HOST": "127.0.0.1"}
+    base = {
+        "GENESYS_API_KEY": API_KEY,
+        "HOST": "127.0.0.1",
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_REALTIME_URL": "ws://127.0.0.1:9/v1/realtime",
+    }
     base.update(env)
     return dataclasses.replace(load_settings(base), port=0)
+
+
+@pytest.fixture
+async def realtime():
+    """Start Realtime simulators that validate every event both ways; stopped at the end."""
+    from realtime_simulator import RealtimeSimulator
+
+    sims = []
+
+    async def start(script=None, **kwargs):
+        kwargs.setdefault("validate_server", True)
+        sim = await RealtimeSimulator(script, **kwargs).start()
+        sims.append(sim)
+        return sim
+
+    yield start
+    for sim in sims:
+        await sim.stop()
+
+
+@pytest.fixture
+async def bridged(start_app, realtime):
+    """A connector whose calls go to a fresh Realtime simulator: returns (app, simulator)."""
+
+    async def start(script=None, sim_options=None, **env):
+        sim = await realtime(script, **(sim_options or {}))
+        app = await start_app(make_settings(OPENAI_REALTIME_URL=sim.url, **env))
+        return app, sim
+
+    return start
 
 
 @pytest.fixture

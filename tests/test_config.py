@@ -13,21 +13,23 @@ from conftest import CLIENT_SECRET, ROOT
 from config import ConfigError, load_settings, parse_api_keys, read_environment
 
 SECRET_BYTES = base64.b64decode(CLIENT_SECRET)
+BASE = {"GENESYS_API_KEY": "k", "OPENAI_API_KEY": "sk-x"}
+
+
+def env(**values: str) -> dict[str, str]:
+    return {**BASE, **values}
 
 
 def test_defaults():
-    s = load_settings({"GENESYS_API_KEY": "k"})
+    s = load_settings(env())
     assert (s.host, s.port, s.log_level, s.log_format) == ("0.0.0.0", 8080, "INFO", "text")
     assert [k.key for k in s.api_keys] == ["k"] and s.api_keys[0].secret is None
     assert s.allowed_organization_ids == frozenset()
 
 
 def test_debug_true_means_debug_level_and_log_level_wins_when_given():
-    assert load_settings({"GENESYS_API_KEY": "k", "DEBUG": "true"}).log_level == "DEBUG"
-    assert (
-        load_settings({"GENESYS_API_KEY": "k", "DEBUG": "true", "LOG_LEVEL": "warning"}).log_level
-        == "WARNING"
-    )
+    assert load_settings(env(DEBUG="true")).log_level == "DEBUG"
+    assert load_settings(env(DEBUG="true", LOG_LEVEL="warning")).log_level == "WARNING"
 
 
 def test_api_key_forms():
@@ -43,15 +45,16 @@ def test_api_key_forms():
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({}, "GENESYS_API_KEY is required"),
-        ({"GENESYS_API_KEY": " , "}, "GENESYS_API_KEY is required"),
-        ({"GENESYS_API_KEY": "k", "PORT": "http"}, "PORT must be an integer from 1 to 65535"),
-        ({"GENESYS_API_KEY": "k", "PORT": "70000"}, "PORT must be an integer"),
-        ({"GENESYS_API_KEY": "k", "LOG_LEVEL": "chatty"}, "LOG_LEVEL must be one of"),
-        ({"GENESYS_API_KEY": "k", "LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of text, json"),
-        ({"GENESYS_API_KEY": "k", "DEBUG": "maybe"}, "DEBUG must be true or false"),
+        ({"OPENAI_API_KEY": "sk-x"}, "GENESYS_API_KEY is required"),
+        ({"OPENAI_API_KEY": "sk-x", "GENESYS_API_KEY": " , "}, "GENESYS_API_KEY is required"),
+        ({"GENESYS_API_KEY": "k"}, "OPENAI_API_KEY is required"),
+        (env(PORT="http"), "PORT must be an integer from 1 to 65535"),
+        (env(PORT="70000"), "PORT must be an integer"),
+        (env(LOG_LEVEL="chatty"), "LOG_LEVEL must be one of"),
+        (env(LOG_FORMAT="xml"), "LOG_FORMAT must be one of text, json"),
+        (env(DEBUG="maybe"), "DEBUG must be true or false"),
         (
-            {"GENESYS_API_KEY": "k", "GENESYS_AUDIOHOOK_CLIENT_SECRET": "not base64!"},
+            env(GENESYS_AUDIOHOOK_CLIENT_SECRET="not base64!"),
             "GENESYS_AUDIOHOOK_CLIENT_SECRET must be",
         ),
     ],
@@ -64,7 +67,7 @@ def test_bad_values_name_the_variable(env, message):
 
 def test_secret_values_are_never_echoed_in_errors():
     with pytest.raises(ConfigError) as excinfo:
-        load_settings({"GENESYS_API_KEY": "k", "GENESYS_AUDIOHOOK_CLIENT_SECRET": "s3cr3t-value!"})
+        load_settings(env(GENESYS_AUDIOHOOK_CLIENT_SECRET="s3cr3t-value!"))
     assert "s3cr3t" not in str(excinfo.value)
 
 
@@ -89,11 +92,15 @@ def run_main(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    ("env", "variable"),
-    [({}, "GENESYS_API_KEY"), ({"GENESYS_API_KEY": "k", "PORT": "-1"}, "PORT")],
+    ("values", "variable"),
+    [
+        ({"OPENAI_API_KEY": "sk-x"}, "GENESYS_API_KEY"),
+        (env(PORT="-1"), "PORT"),
+        ({"GENESYS_API_KEY": "k"}, "OPENAI_API_KEY"),
+    ],
 )
-def test_bad_configuration_stops_start_up_with_one_line_and_exit_2(env, variable):
-    result = run_main(env)
+def test_bad_configuration_stops_start_up_with_one_line_and_exit_2(values, variable):
+    result = run_main(values)
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -106,11 +113,14 @@ def test_check_config_prints_the_effective_configuration_with_secrets_masked():
             "GENESYS_API_KEY": "super-secret-key",
             "GENESYS_AUDIOHOOK_CLIENT_SECRET": CLIENT_SECRET,
             "PORT": "9999",
+            "OPENAI_API_KEY": "sk-proj-very-secret",
+            "OPENAI_VOICE": "marin",
         },
         "--check-config",
     )
     assert result.returncode == 0, result.stderr
-    assert "PORT=9999" in result.stdout
+    assert "PORT=9999" in result.stdout and "OPENAI_VOICE=marin" in result.stdout
     assert "GENESYS_API_KEY=<set, 16 characters>" in result.stdout
-    assert "super-secret-key" not in result.stdout and CLIENT_SECRET not in result.stdout
+    for secret in ("super-secret-key", CLIENT_SECRET, "sk-proj-very-secret"):
+        assert secret not in result.stdout
     assert run_main({}, "--check-config").returncode == 2

@@ -1,0 +1,415 @@
+"""One call: the AudioHook session on one side, an OpenAI Realtime session on the other.
+
+The bridge pumps caller audio to OpenAI and bot audio to the session's pacer, decides what each
+server event means for the call (barge-in, truncation, usage, transcripts, errors) in plain
+methods that tests drive with dicts, and replaces the OpenAI socket when it drops or nears its
+time limit, restoring the conversation so the caller can go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from config import CallConfig, Settings
+from openai_client import (
+    RealtimeConfig,
+    RealtimeConnection,
+    ResponseGate,
+    Transcript,
+    Usage,
+    append_audio,
+    history_events,
+    response_create,
+    session_update,
+    truncate,
+)
+from playout import Interruption
+
+log = logging.getLogger("bridge")
+
+MAX_BUFFERED_CALLER_AUDIO = 10 * 8000  # caller audio kept while OpenAI is (re)connecting
+MAX_APPEND_BYTES = 32_000  # buffered audio goes out in appends of at most this much
+RECYCLE_MARGIN_SECONDS = 120.0  # replace the OpenAI session this long before it expires
+ITEMS_TRACKED = 16
+FATAL_ERROR_CODES = frozenset({"beta_api_shape_disabled", "model_not_found", "invalid_api_key"})
+HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active", "input_audio_buffer_commit_empty"})
+
+
+class CallFailed(Exception):
+    """The call cannot go on; the text goes in the `disconnect` info."""
+
+
+class CallLink(Protocol):
+    """What the bridge needs from the Genesys side (an `AudioHookSession`)."""
+
+    def now(self) -> float: ...
+    def play(self, response_id: str, item_id: str, audio: bytes) -> bool: ...
+    def barge_in(self) -> Interruption | None: ...
+    def audio_busy(self) -> bool: ...
+    async def wait_played(self) -> None: ...
+    async def disconnect(
+        self, reason: str, info: str | None = None, output_variables: dict[str, str] | None = None
+    ) -> None: ...
+
+
+Connector = Callable[[str, str, str, float], Awaitable[RealtimeConnection]]
+
+
+class CallBridge:
+    def __init__(
+        self,
+        link: CallLink,
+        call: CallConfig,
+        settings: Settings,
+        *,
+        connector: Connector = RealtimeConnection.open,
+    ) -> None:
+        self.link = link
+        self.call = call
+        self.settings = settings
+        self.connector = connector
+        self.realtime = self._realtime_config()
+        self.usage = Usage()
+        self.transcript = Transcript()
+        self.gate = ResponseGate()
+        self.conn: RealtimeConnection | None = None
+        self.ready = False  # caller audio may go straight to OpenAI
+        self.format_ok = False  # OpenAI confirmed audio/pcmu output on this socket
+        self.caller_speaking = False
+        self.generation = 0  # OpenAI sockets used so far
+        self.rate_limits: list[dict[str, Any]] = []
+        self.started = time.monotonic()
+        self._pending_audio = bytearray()
+        self._dropped_warned = False
+        self._stale: set[str] = set()  # responses whose audio must not reach the caller
+        self._out_of_band: dict[str, str] = {}  # response id -> purpose
+        self._item_bytes: OrderedDict[str, int] = OrderedDict()  # audio received per item
+        self._item_generation: dict[str, int] = {}
+        self._heard: dict[str, float] = {}  # item id -> fraction heard, for cut turns
+        self._recycle_at: float | None = None
+        self._resume = False
+        self._buffer_full_warned: set[str] = set()
+        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            "session.created": self.on_session_created,
+            "session.updated": self.on_session_updated,
+            "input_audio_buffer.speech_started": self.on_speech_started,
+            "input_audio_buffer.speech_stopped": self.on_speech_stopped,
+            "conversation.item.added": self.on_item_added,
+            "conversation.item.created": self.on_item_added,
+            "conversation.item.input_audio_transcription.completed": self.on_caller_transcript,
+            "response.created": self.on_response_created,
+            "response.output_audio.delta": self.on_audio_delta,
+            "response.output_audio_transcript.done": self.on_bot_transcript,
+            "response.done": self.on_response_done,
+            "rate_limits.updated": self.on_rate_limits,
+            "error": self.on_error,
+        }
+
+    def _realtime_config(self) -> RealtimeConfig:
+        call = self.call
+        return RealtimeConfig(
+            model=call.model,
+            voice=call.voice,
+            instructions=call.system_prompt,
+            turn_detection=call.turn_detection,
+            vad_threshold=call.vad_threshold,
+            vad_silence_ms=call.vad_silence_ms,
+            vad_prefix_padding_ms=call.vad_prefix_padding_ms,
+            vad_eagerness=call.vad_eagerness,
+            transcription_model=call.transcription_model,
+            noise_reduction=call.noise_reduction,
+            max_output_tokens=call.max_output_tokens,
+        )
+
+    # -- CallHandler -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._converse()
+        except CallFailed as exc:
+            log.warning("call failed: %s", exc)
+            await self.link.disconnect("error", str(exc), self.output_variables(failed=True))
+        finally:
+            await self._detach()
+
+    def on_audio(self, audio: bytes) -> None:
+        if self.ready and self.conn is not None:
+            self.conn.send(append_audio(audio))
+            return
+        self._pending_audio += audio
+        excess = len(self._pending_audio) - MAX_BUFFERED_CALLER_AUDIO
+        if excess > 0:
+            del self._pending_audio[:excess]
+            if not self._dropped_warned:
+                self._dropped_warned = True
+                log.warning("OpenAI not ready for 10 s of caller audio; keeping only the latest 10 s")
+
+    def on_dtmf(self, digit: str) -> None:
+        return None
+
+    def output_variables(self, *, failed: bool = False) -> dict[str, str]:
+        variables = self.usage.as_variables()
+        variables["CONVERSATION_DURATION"] = str(round(time.monotonic() - self.started))
+        variables["ESCALATION_REQUIRED"] = "true" if failed else "false"
+        return variables
+
+    # -- connection life cycle ---------------------------------------------------------------
+
+    async def _converse(self) -> None:
+        while True:
+            deadline = time.monotonic() + self.settings.openai_reconnect_seconds
+            conn = await self._connect(deadline)
+            self._attach(conn)
+            outcome = await self._pump(conn)
+            await self._detach()
+            if outcome == "dropped":
+                log.warning("OpenAI connection lost; reconnecting")
+            else:
+                log.info("replacing the OpenAI session before it expires")
+
+    async def _connect(self, deadline: float) -> RealtimeConnection:
+        delay = 0.25
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CallFailed("OpenAI unreachable")
+            try:
+                return await self.connector(
+                    self.settings.openai_realtime_url,
+                    self.realtime.model,
+                    self.settings.openai_api_key,
+                    min(remaining, 10.0),
+                )
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403, 404):
+                    raise CallFailed(f"OpenAI refused the connection (HTTP {status})") from None
+                log.warning("OpenAI refused the connection (HTTP %d); retrying", status)
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
+                log.warning("cannot reach OpenAI (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+
+    def _attach(self, conn: RealtimeConnection) -> None:
+        restoring = self.generation > 0
+        self.generation += 1
+        self.conn = conn
+        self.format_ok = False
+        conn.send(session_update(self.realtime, event_id=f"session-update-{self.generation}"))
+        if restoring:
+            for event in history_events(self.transcript):
+                conn.send(event)
+        self.ready = True
+        pending, self._pending_audio = bytes(self._pending_audio), bytearray()
+        self._dropped_warned = False
+        for start in range(0, len(pending), MAX_APPEND_BYTES):
+            conn.send(append_audio(pending[start : start + MAX_APPEND_BYTES]))
+        log.info(
+            "OpenAI session %s (model %s, voice %s)",
+            "restored" if restoring else "started",
+            self.realtime.model,
+            self.realtime.voice,
+        )
+        if restoring and self._resume:
+            self._request(response_create())
+        elif not restoring and self.call.greeting:
+            self._request(
+                response_create(
+                    instructions=f"{self.realtime.instructions}\n\nGreet the caller now, "
+                    f'saying: "{self.call.greeting}"',
+                    purpose="greeting",
+                )
+            )
+
+    async def _detach(self) -> None:
+        self.ready = False
+        conn, self.conn = self.conn, None
+        self._resume = self.gate.reset()
+        self._stale.clear()
+        self._out_of_band.clear()
+        self._recycle_at = None
+        self.caller_speaking = False
+        if conn is not None:
+            await conn.close()
+
+    async def _pump(self, conn: RealtimeConnection) -> str:
+        while True:
+            try:
+                async with asyncio.timeout(self._recycle_wait()):
+                    event = await conn.recv()
+            except TimeoutError:
+                if self._quiet():
+                    return "recycle"
+                continue
+            except ConnectionClosed:
+                return "dropped"
+            self.handle(event)
+
+    def _recycle_wait(self) -> float | None:
+        if self._recycle_at is None:
+            return None
+        return max(0.5, self._recycle_at - time.monotonic())
+
+    def _quiet(self) -> bool:
+        """A moment to replace the OpenAI session without anyone noticing."""
+        return not (self.gate.busy or self.caller_speaking or self.link.audio_busy())
+
+    def _request(self, event: dict[str, Any]) -> None:
+        ready = self.gate.request(event)
+        if ready is not None and self.conn is not None:
+            self.conn.send(ready)
+
+    def _send(self, event: dict[str, Any]) -> None:
+        if self.conn is not None:
+            self.conn.send(event)
+
+    # -- server events -----------------------------------------------------------------------
+
+    def handle(self, event: dict[str, Any]) -> None:
+        handler = self._handlers.get(event["type"])
+        if handler is not None:
+            handler(event)
+
+    def on_session_created(self, event: dict[str, Any]) -> None:
+        expires_at = (event.get("session") or {}).get("expires_at")
+        if isinstance(expires_at, int | float) and expires_at > 0:
+            lifetime = expires_at - time.time()
+            margin = min(RECYCLE_MARGIN_SECONDS, max(lifetime, 0.0) / 4)
+            self._recycle_at = time.monotonic() + lifetime - margin
+
+    def on_session_updated(self, event: dict[str, Any]) -> None:
+        output = (((event.get("session") or {}).get("audio") or {}).get("output") or {}).get("format")
+        kind = output.get("type") if isinstance(output, dict) else output
+        if kind != "audio/pcmu":
+            raise CallFailed(f"OpenAI output format is {kind!r}, not audio/pcmu")
+        self.format_ok = True
+
+    def on_speech_started(self, event: dict[str, Any]) -> None:
+        self.caller_speaking = True
+        if self.gate.active is not None:
+            self._stale.add(self.gate.active)  # the server cancels it: drop its late deltas
+        cut = self.link.barge_in()
+        if cut is None:
+            return
+        self._stale.add(cut.response_id)
+        received_ms = self._item_bytes.get(cut.item_id, 0) // 8
+        heard_ms = min(cut.heard_ms, received_ms)
+        if self._item_generation.get(cut.item_id) == self.generation:
+            self._send(truncate(cut.item_id, heard_ms))
+        if received_ms:
+            self._heard[cut.item_id] = heard_ms / received_ms
+            self.transcript.cut(cut.item_id, heard_ms / received_ms)
+        log.info("barge-in: the caller heard %d of %d ms sent", heard_ms, cut.sent_ms)
+
+    def on_speech_stopped(self, event: dict[str, Any]) -> None:
+        self.caller_speaking = False
+
+    def on_item_added(self, event: dict[str, Any]) -> None:
+        item = event.get("item") or {}
+        if item.get("type") == "message" and isinstance(item.get("id"), str):
+            self.transcript.add_item(item["id"], item.get("role", ""))
+
+    def on_caller_transcript(self, event: dict[str, Any]) -> None:
+        text = event.get("transcript") or ""
+        self.transcript.set_text(event.get("item_id", ""), "user", text)
+        log.debug("caller: %s", text)
+
+    def on_bot_transcript(self, event: dict[str, Any]) -> None:
+        item_id = event.get("item_id", "")
+        text = event.get("transcript") or ""
+        self.transcript.set_text(item_id, "assistant", text)
+        if item_id in self._heard:
+            self.transcript.cut(item_id, self._heard[item_id])
+        log.debug("assistant: %s", text)
+
+    def on_response_created(self, event: dict[str, Any]) -> None:
+        response = event.get("response") or {}
+        response_id = response.get("id", "")
+        purpose = (response.get("metadata") or {}).get("purpose")
+        if response.get("conversation_id") is None and purpose is not None:
+            self._out_of_band[response_id] = purpose
+            return
+        fmt = ((response.get("audio") or {}).get("output") or {}).get("format")
+        if isinstance(fmt, dict) and fmt.get("type") not in (None, "audio/pcmu"):
+            raise CallFailed(f"OpenAI response format is {fmt.get('type')!r}, not audio/pcmu")
+        self.gate.created(response_id)
+
+    def on_audio_delta(self, event: dict[str, Any]) -> None:
+        response_id = event.get("response_id", "")
+        if response_id in self._stale or response_id in self._out_of_band:
+            return
+        if not self.format_ok:
+            raise CallFailed("OpenAI sent audio before confirming audio/pcmu output")
+        item_id = event.get("item_id", "")
+        try:
+            audio = base64.b64decode(event.get("delta", ""), validate=True)
+        except ValueError:
+            log.warning("OpenAI sent an audio delta that is not base64; ignored")
+            return
+        self._count_item_audio(item_id, len(audio))
+        if not self.link.play(response_id, item_id, audio) and response_id not in self._buffer_full_warned:
+            self._buffer_full_warned.add(response_id)
+            log.warning("bot audio not queued (call ending or the per-call buffer is full)")
+
+    def _count_item_audio(self, item_id: str, size: int) -> None:
+        if item_id not in self._item_bytes:
+            self._item_generation[item_id] = self.generation
+            while len(self._item_bytes) >= ITEMS_TRACKED:
+                old, _ = self._item_bytes.popitem(last=False)
+                self._item_generation.pop(old, None)
+                self._heard.pop(old, None)
+        self._item_bytes[item_id] = self._item_bytes.get(item_id, 0) + size
+
+    def on_response_done(self, event: dict[str, Any]) -> None:
+        response = event.get("response") or {}
+        response_id = response.get("id", "")
+        self.usage.add(response.get("usage"))
+        status = response.get("status")
+        if status == "failed":
+            details = (response.get("status_details") or {}).get("error") or {}
+            log.warning("OpenAI response failed: %s", details.get("code") or details.get("type") or "-")
+        self._stale.discard(response_id)
+        self._buffer_full_warned.discard(response_id)
+        if self._out_of_band.pop(response_id, None) is not None:
+            return
+        queued = self.gate.done(response_id)
+        if queued is not None:
+            self._send(queued)
+
+    def on_rate_limits(self, event: dict[str, Any]) -> None:
+        limits = event.get("rate_limits")
+        if isinstance(limits, list):
+            self.rate_limits = limits
+            log.debug("rate limits: %s", limits)
+
+    def on_error(self, event: dict[str, Any]) -> None:
+        error = event.get("error") or {}
+        code = error.get("code")
+        message = str(error.get("message", ""))
+        event_id = error.get("event_id") or ""
+        if code == "conversation_already_has_active_response":
+            self.gate.rejected()
+        elif code in HARMLESS_ERROR_CODES or "already shorter than" in message:
+            log.debug("OpenAI: %s", message[:200])
+        elif code in FATAL_ERROR_CODES or event_id.startswith("session-update"):
+            raise CallFailed(f"OpenAI refused the session ({code or 'error'})")
+        else:
+            log.warning("OpenAI error %s: %s", code or error.get("type", "-"), message[:200])
+
+
+def make_bridge_factory(settings: Settings, *, connector: Connector = RealtimeConnection.open):
+    """The `HandlerFactory` the server uses: one bridge per (non-probe) call."""
+
+    def factory(session, request) -> CallBridge:
+        call = settings.call_config(session.connector_id, request.input_variables)
+        return CallBridge(session, call, settings, connector=connector)
+
+    return factory

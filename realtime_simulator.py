@@ -1,0 +1,1095 @@
+"""A local stand-in for the OpenAI Realtime API (GA shapes), for tests and for trying the connector.
+
+It speaks the GA WebSocket protocol closely enough to exercise everything the connector does:
+`session.created`/`session.updated`, server-VAD-like turn detection from the energy of the audio
+it receives, spoken answers as speech-like PCMU (or slices of a WAV) streamed faster than real
+time in uneven chunks with transcripts and usage, cancellation on speech, truncation with the
+real errors, function calls, out-of-band text responses, remote MCP listing/calls/approvals, and
+faults on demand (dropped sockets, refused connections, a session time limit).
+
+Every client event is validated against the `openai` package's own types when it is installed
+(`openai>=1.107.1`; see `RealtimeValidator`), so an off-spec field fails the test that sent it.
+
+As a command: `python realtime_simulator.py --port 8081`; point `OPENAI_REALTIME_URL` at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import http
+import itertools
+import json
+import logging
+import random
+import re
+import sys
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from utils import read_wav, speech_like, ulaw_rms
+
+log = logging.getLogger("realtime-simulator")
+
+SESSION_LIMIT_REASON = "Your session hit the maximum duration of 60 minutes."
+WINDOW_BYTES = 160  # 20 ms of PCMU
+SPEECH_RMS = 600  # energy above this (16-bit scale) is speech
+SPEECH_WINDOWS_TO_START = 3
+EAGERNESS_SILENCE_MS = {"low": 800, "medium": 500, "auto": 500, "high": 300}
+
+
+# -- strict validation against the openai package's types -----------------------------------
+
+
+class RealtimeValidator:
+    """Dispatch on `type`, validate with the SDK's pydantic model, and flag every unknown field.
+
+    The SDK's models allow extra fields, so beta names and typos would validate silently; they
+    are walked and reported here. `audio/pcm` without `rate` is refused by the API though the
+    types allow it: a hand rule.
+    """
+
+    def __init__(self) -> None:
+        from openai import BaseModel as OpenAIModel
+        from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
+
+        self._model = OpenAIModel
+        self.client = self._by_type(RealtimeClientEvent)
+        self.server = self._by_type(RealtimeServerEvent)
+
+    @staticmethod
+    def _by_type(alias: Any) -> dict[str, Any]:
+        members = typing.get_args(typing.get_args(alias)[0])
+        return {typing.get_args(m.model_fields["type"].annotation)[0]: m for m in members}
+
+    def problems(self, event: Any, direction: str = "client") -> list[str]:
+        if not isinstance(event, dict):
+            return ["event is not a JSON object"]
+        models = self.client if direction == "client" else self.server
+        model = models.get(event.get("type"))
+        if model is None:
+            return [f"unknown {direction} event type {event.get('type')!r}"]
+        try:
+            parsed = model.model_validate(event)
+        except Exception as exc:  # pydantic.ValidationError, kept short
+            return [f"{event['type']}: {str(exc).splitlines()[0]} {_first_error(exc)}"]
+        extras = [p for p in self._unknown_fields(parsed) if p not in _SESSION_FIELDS_NOT_IN_SDK]
+        found = [f"{event['type']}: unknown field {p}" for p in extras]
+        if direction == "client":
+            found += _server_rules(event)
+        return found
+
+    def _unknown_fields(self, obj: Any, path: str = "$") -> list[str]:
+        out: list[str] = []
+        if isinstance(obj, self._model):
+            out += [f"{path}.{k}" for k in (obj.model_extra or {})]
+            for name in type(obj).model_fields:
+                out += self._unknown_fields(getattr(obj, name), f"{path}.{name}")
+        elif isinstance(obj, list | tuple):
+            for i, value in enumerate(obj):
+                out += self._unknown_fields(value, f"{path}[{i}]")
+        return out
+
+
+# The live API's session object carries these; the SDK models the session as the request type.
+_SESSION_FIELDS_NOT_IN_SDK = frozenset({"$.session.object", "$.session.id", "$.session.expires_at"})
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return ""
+    first = errors()[0] if errors() else {}
+    return f"at {'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg', '')}"
+
+
+def _server_rules(event: dict[str, Any]) -> list[str]:
+    session = event.get("session") if event.get("type") == "session.update" else None
+    found = []
+    for side in ("input", "output"):
+        fmt = (((session or {}).get("audio") or {}).get(side) or {}).get("format")
+        if isinstance(fmt, dict) and fmt.get("type") == "audio/pcm" and fmt.get("rate") != 24000:
+            found.append(f"session.audio.{side}.format: audio/pcm needs rate 24000")
+    return found
+
+
+def load_validator(required: bool) -> RealtimeValidator | None:
+    try:
+        return RealtimeValidator()
+    except ImportError:
+        if required:
+            raise
+        log.warning("the openai package is not installed: client events are not validated")
+        return None
+
+
+# -- what the simulated model says -----------------------------------------------------------
+
+
+@dataclass
+class Turn:
+    """One scripted answer: speech, a function call, an MCP call, or an MCP approval request."""
+
+    say: str | None = None
+    seconds: float | None = None  # audio length; by default from the text (about 14 characters/s)
+    call: str | None = None
+    arguments: dict[str, Any] | None = None
+    mcp: dict[str, Any] | None = None  # {"server_label", "name", "arguments", "output"|"error"}
+    approval: dict[str, Any] | None = None  # {"server_label", "name", "arguments"}
+
+    def audio_seconds(self) -> float:
+        if self.seconds is not None:
+            return self.seconds
+        return max(0.6, len(self.say or "") / 14)
+
+
+DEFAULT_SUMMARY = {
+    "topics": ["simulated call"],
+    "decisions": [],
+    "action_items": [],
+    "sentiment": "neutral",
+}
+
+
+@dataclass
+class Script:
+    """Scripted behaviour: answers in order for ordinary turns, fixed ones for the connector's own."""
+
+    turns: list[Turn] = field(default_factory=list)
+    default: Turn = field(default_factory=lambda: Turn(say="Sure, I can help with that."))
+    farewell: Turn = field(default_factory=lambda: Turn(say="Thank you for calling. Goodbye!"))
+    filler: Turn = field(default_factory=lambda: Turn(say="One moment, please."))
+    summary_text: str = json.dumps(DEFAULT_SUMMARY)
+    summary_delay: float = 0.0
+    caller_transcripts: list[str] = field(default_factory=list)
+
+    def answer(self, purpose: str | None, instructions: str | None) -> Turn:
+        if purpose == "greeting":
+            quoted = re.findall(r'"([^"]+)"', instructions or "")
+            return Turn(say=quoted[-1] if quoted else "Hello! How can I help you today?")
+        if purpose in ("farewell", "filler"):
+            return self.farewell if purpose == "farewell" else self.filler
+        return self.turns.pop(0) if self.turns else self.default
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
+class RealtimeSimulator:
+    def __init__(
+        self,
+        script: Script | None = None,
+        *,
+        speed: float = 4.0,
+        session_seconds: float = 3600.0,
+        strict: bool = True,
+        validate_server: bool = False,
+        bot_audio: bytes | None = None,
+        seed: int = 7,
+    ) -> None:
+        self.script = script or Script()
+        self.speed = speed
+        self.session_seconds = session_seconds
+        self.validator = load_validator(required=strict)
+        self.validate_server = validate_server
+        self.bot_audio = bot_audio
+        self.rng = random.Random(seed)
+        self.server: Server | None = None
+        self.sessions: list[SimSession] = []
+        self.violations: list[str] = []
+        self.usage_sent: list[dict[str, Any]] = []
+        # Faults on demand.
+        self.refuse_next = 0  # answer the next N connection attempts with HTTP 503
+        self.refuse_all = False
+        self.connect_delay = 0.0
+        self.drop_on: Callable[[dict[str, Any]], bool] | None = None  # drop the socket on a match
+        self.response_delay = 0.05  # first delta this long after response.created
+        self.force_output_format: dict[str, Any] | None = None  # misbehave: ignore the asked format
+        self.connections = 0
+        self._ids = itertools.count(1)
+
+    # -- serving
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> RealtimeSimulator:
+        self.server = await serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._process_request,
+            max_size=None,
+            compression=None,
+            ping_interval=None,
+        )
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return f"ws://{host}:{port}/v1/realtime"
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}_{next(self._ids):06d}{self.rng.randrange(16**8):08x}"
+
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.connections += 1
+        if self.connect_delay:
+            await asyncio.sleep(self.connect_delay)
+        if self.refuse_all or self.refuse_next > 0:
+            self.refuse_next = max(0, self.refuse_next - 1)
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "unavailable\n")
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or len(auth) <= len("Bearer "):
+            self.violations.append("connection without Authorization: Bearer")
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing bearer token\n")
+        if "model=" not in request.path:
+            self.violations.append("connection without ?model=")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        request = ws.request
+        assert request is not None
+        session = SimSession(self, ws, _model_from_path(request.path))
+        self.sessions.append(session)
+        if request.headers.get("OpenAI-Beta"):
+            self.violations.append("OpenAI-Beta header sent")
+            await session.emit(
+                "error",
+                error={
+                    "type": "invalid_request_error",
+                    "code": "beta_api_shape_disabled",
+                    "message": "The Realtime Beta API is no longer supported. "
+                    "Please use /v1/realtime for the GA API.",
+                },
+            )
+            await ws.close(4000, "beta_api_shape_disabled")
+            return
+        await session.run()
+
+    # -- controls for tests
+
+    def drop_all(self) -> None:
+        """Cut every live connection at the TCP level."""
+        for session in self.sessions:
+            session.drop()
+
+    @property
+    def client_events(self) -> list[dict[str, Any]]:
+        return [e for s in self.sessions for e in s.received]
+
+    def events_of(self, type_: str) -> list[dict[str, Any]]:
+        return [e for e in self.client_events if e.get("type") == type_]
+
+    def usage_totals(self) -> dict[str, int]:
+        totals = dict.fromkeys(
+            (
+                "input_text",
+                "input_cached_text",
+                "input_audio",
+                "input_cached_audio",
+                "output_text",
+                "output_audio",
+            ),
+            0,
+        )
+        for usage in self.usage_sent:
+            given = usage["input_token_details"]
+            totals["input_text"] += given["text_tokens"]
+            totals["input_audio"] += given["audio_tokens"]
+            totals["input_cached_text"] += given["cached_tokens_details"]["text_tokens"]
+            totals["input_cached_audio"] += given["cached_tokens_details"]["audio_tokens"]
+            totals["output_text"] += usage["output_token_details"]["text_tokens"]
+            totals["output_audio"] += usage["output_token_details"]["audio_tokens"]
+        return totals
+
+
+def _model_from_path(path: str) -> str:
+    match = re.search(r"[?&]model=([^&]+)", path)
+    return match.group(1) if match else "gpt-realtime"
+
+
+@dataclass
+class SimItem:
+    id: str
+    type: str
+    role: str | None = None
+    call_id: str | None = None
+    name: str | None = None
+    audio_ms: int = 0
+    transcript: str = ""
+
+
+@dataclass
+class SimResponse:
+    id: str
+    in_band: bool
+    purpose: str | None
+    params: dict[str, Any]
+    cancelled: str | None = None  # the reason, once cancelled
+    task: asyncio.Task[None] | None = None
+
+
+def _default_session(model: str, expires_at: int, session_id: str) -> dict[str, Any]:
+    return {
+        "type": "realtime",
+        "object": "realtime.session",
+        "id": session_id,
+        "model": model,
+        "expires_at": expires_at,
+        "output_modalities": ["audio"],
+        "instructions": "",
+        "tools": [],
+        "tool_choice": "auto",
+        "max_output_tokens": "inf",
+        "tracing": None,
+        "prompt": None,
+        "include": None,
+        "truncation": "auto",
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": 24000},
+                "transcription": None,
+                "noise_reduction": None,
+                "turn_detection": {
+                    "type": "server_vad",
+                    "threshold": 0.5,
+                    "prefix_padding_ms": 300,
+                    "silence_duration_ms": 200,
+                    "idle_timeout_ms": None,
+                    "create_response": True,
+                    "interrupt_response": True,
+                },
+            },
+            "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin", "speed": 1.0},
+        },
+    }
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        replaced_whole = ("format", "turn_detection", "transcription", "noise_reduction")
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in replaced_whole:
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+class SimSession:
+    """One simulated Realtime session (one WebSocket)."""
+
+    def __init__(self, sim: RealtimeSimulator, ws: ServerConnection, model: str) -> None:
+        self.sim = sim
+        self.ws = ws
+        self.session_id = sim.new_id("sess")
+        self.conversation_id = sim.new_id("conv")
+        self.created_at = time.time()
+        self.config = _default_session(model, int(self.created_at + sim.session_seconds), self.session_id)
+        self.received: list[dict[str, Any]] = []
+        self.items: list[SimItem] = []
+        self.active: SimResponse | None = None
+        self.responses: list[SimResponse] = []
+        self.truncations: list[dict[str, Any]] = []
+        self.audio_received = bytearray()  # every appended byte, in order
+        self.audio_sent = bytearray()  # every in-band audio delta byte, in order
+        self.close_code: int | None = None
+        self.buffer_ms = 0  # audio in the input buffer since the last commit
+        self.committed_audio_ms = 0
+        self.user_turns = 0
+        self.assistant_audio_sent = False
+        self._carry = b""
+        self._speaking = False
+        self._voiced = 0
+        self._silent_ms = 0
+        self._speech_start_ms = 0
+        self._speech_item: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._send_lock = asyncio.Lock()
+
+    # -- plumbing
+
+    async def run(self) -> None:
+        await self.emit("session.created", session=self.config)
+        limit = asyncio.create_task(self._session_limit())
+        try:
+            async for raw in self.ws:
+                await self._on_raw(raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            limit.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            for task in [*list(self._tasks), limit]:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _session_limit(self) -> None:
+        await asyncio.sleep(self.sim.session_seconds)
+        await self.ws.close(1001, SESSION_LIMIT_REASON)
+
+    def drop(self) -> None:
+        self.ws.transport.abort()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def emit(self, type_: str, **fields: Any) -> None:
+        event = {"type": type_, "event_id": self.sim.new_id("event"), **fields}
+        if self.sim.validate_server and self.sim.validator is not None:
+            for problem in self.sim.validator.problems(event, "server"):
+                self.sim.violations.append(f"simulator sent an invalid event: {problem}")
+        with contextlib.suppress(ConnectionClosed):
+            async with self._send_lock:
+                await self.ws.send(json.dumps(event))
+
+    async def error(
+        self, code: str | None, message: str, event_id: str | None = None, param: str | None = None
+    ) -> None:
+        await self.emit(
+            "error",
+            error={
+                "type": "invalid_request_error",
+                "code": code,
+                "message": message,
+                "param": param,
+                "event_id": event_id,
+            },
+        )
+
+    async def _on_raw(self, raw: str | bytes) -> None:
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            self.sim.violations.append("client sent a frame that is not JSON")
+            await self.error("invalid_json", "The server could not parse the event as JSON.")
+            return
+        self.received.append(event)
+        if self.sim.drop_on is not None and self.sim.drop_on(event):
+            self.drop()
+            return
+        if self.sim.validator is not None:
+            problems = self.sim.validator.problems(event)
+            if problems:
+                self.sim.violations.extend(problems)
+                await self.error("invalid_event", "; ".join(problems)[:500], event.get("event_id"))
+                return
+        handler = getattr(self, "on_" + str(event.get("type", "")).replace(".", "_"), None)
+        if handler is None:
+            await self.error(
+                "invalid_event", f"Unsupported event type {event.get('type')!r}", event.get("event_id")
+            )
+            return
+        await handler(event)
+
+    # -- session
+
+    async def on_session_update(self, event: dict[str, Any]) -> None:
+        update = event.get("session") or {}
+        voice = ((update.get("audio") or {}).get("output") or {}).get("voice")
+        if (
+            voice is not None
+            and voice != self.config["audio"]["output"]["voice"]
+            and self.assistant_audio_sent
+        ):
+            await self.error(
+                "cannot_update_voice",
+                "Cannot update a conversation's voice if assistant audio is present.",
+                event.get("event_id"),
+                "session.audio.output.voice",
+            )
+            return
+        if update.get("model") not in (None, self.config["model"]):
+            await self.error(
+                "invalid_value",
+                "The model of a session cannot change.",
+                event.get("event_id"),
+                "session.model",
+            )
+            return
+        _merge(self.config, {k: v for k, v in update.items() if k != "type"})
+        if self.sim.force_output_format is not None:
+            self.config["audio"]["output"]["format"] = self.sim.force_output_format
+        await self.emit("session.updated", session=self.config)
+        for tool in self.config.get("tools") or []:
+            if tool.get("type") == "mcp":
+                self._spawn(self._list_mcp_tools(tool))
+
+    # -- input audio and turn detection
+
+    async def on_input_audio_buffer_append(self, event: dict[str, Any]) -> None:
+        try:
+            audio = base64.b64decode(event.get("audio", ""), validate=True)
+        except ValueError:
+            await self.error("invalid_value", "Invalid base64 audio.", event.get("event_id"), "audio")
+            return
+        self.audio_received += audio
+        data = self._carry + audio
+        whole = len(data) - len(data) % WINDOW_BYTES
+        self._carry = data[whole:]
+        for start in range(0, whole, WINDOW_BYTES):
+            self.buffer_ms += 20
+            await self._vad(data[start : start + WINDOW_BYTES])
+
+    def _turn_detection(self) -> dict[str, Any] | None:
+        return self.config["audio"]["input"].get("turn_detection")
+
+    def _silence_ms(self, td: dict[str, Any]) -> int:
+        if td.get("type") == "semantic_vad":
+            return EAGERNESS_SILENCE_MS.get(td.get("eagerness") or "auto", 500)
+        return int(td.get("silence_duration_ms") or 500)
+
+    async def _vad(self, window: bytes) -> None:
+        td = self._turn_detection()
+        if not td:
+            return
+        voiced = ulaw_rms(window) > SPEECH_RMS
+        position = self.committed_audio_ms + self.buffer_ms
+        if not self._speaking:
+            self._voiced = self._voiced + 1 if voiced else 0
+            if self._voiced >= SPEECH_WINDOWS_TO_START:
+                await self._speech_started(position, td)
+            return
+        self._silent_ms = 0 if voiced else self._silent_ms + 20
+        if self._silent_ms >= self._silence_ms(td):
+            await self._speech_stopped(position, td)
+
+    async def _speech_started(self, position: int, td: dict[str, Any]) -> None:
+        self._speaking = True
+        self._silent_ms = 0
+        self._speech_item = self.sim.new_id("item")
+        padding = int(td.get("prefix_padding_ms") or 300)
+        self._speech_start_ms = max(0, position - SPEECH_WINDOWS_TO_START * 20 - padding)
+        await self.emit(
+            "input_audio_buffer.speech_started",
+            audio_start_ms=self._speech_start_ms,
+            item_id=self._speech_item,
+        )
+        if td.get("interrupt_response", True) and self.active is not None and self.active.in_band:
+            self._cancel(self.active, "turn_detected")
+
+    async def _speech_stopped(self, position: int, td: dict[str, Any]) -> None:
+        self._speaking = False
+        self._voiced = 0
+        item_id = self._speech_item or self.sim.new_id("item")
+        await self.emit("input_audio_buffer.speech_stopped", audio_end_ms=position, item_id=item_id)
+        await self._commit(item_id)
+        if td.get("create_response", True):
+            await self._start_response({}, vad=True)
+
+    async def _commit(self, item_id: str) -> None:
+        previous = self.items[-1].id if self.items else None
+        self.committed_audio_ms += self.buffer_ms
+        self.buffer_ms = 0
+        await self.emit("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
+        item = SimItem(id=item_id, type="message", role="user")
+        self.items.append(item)
+        self.user_turns += 1
+        body = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_audio", "transcript": None}],
+        }
+        await self.emit("conversation.item.added", item=body, previous_item_id=previous)
+        await self.emit("conversation.item.done", item=body, previous_item_id=previous)
+        if self.config["audio"]["input"].get("transcription"):
+            self._spawn(self._transcribe(item))
+
+    async def _transcribe(self, item: SimItem) -> None:
+        await asyncio.sleep(0.02)
+        scripted = self.sim.script.caller_transcripts
+        text = scripted.pop(0) if scripted else f"This is what the caller said in turn {self.user_turns}."
+        item.transcript = text
+        await self.emit(
+            "conversation.item.input_audio_transcription.completed",
+            item_id=item.id,
+            content_index=0,
+            transcript=text,
+            usage={
+                "type": "tokens",
+                "input_tokens": 10,
+                "output_tokens": len(text.split()),
+                "total_tokens": 10 + len(text.split()),
+            },
+        )
+
+    async def on_input_audio_buffer_commit(self, event: dict[str, Any]) -> None:
+        if self.buffer_ms < 100:
+            await self.error(
+                "input_audio_buffer_commit_empty",
+                "Error committing input audio buffer: buffer too small. Expected at least 100ms of "
+                f"audio, but buffer only has {self.buffer_ms}.00ms of audio.",
+                event.get("event_id"),
+            )
+            return
+        await self._commit(self.sim.new_id("item"))
+
+    async def on_input_audio_buffer_clear(self, event: dict[str, Any]) -> None:
+        self.buffer_ms = 0
+        await self.emit("input_audio_buffer.cleared")
+
+    # -- conversation items
+
+    async def on_conversation_item_create(self, event: dict[str, Any]) -> None:
+        body = dict(event.get("item") or {})
+        kind = body.get("type")
+        if kind == "function_call_output" and not any(i.call_id == body.get("call_id") for i in self.items):
+            await self.error(
+                "invalid_value",
+                f"No function call with call_id {body.get('call_id')!r}.",
+                event.get("event_id"),
+                "item.call_id",
+            )
+            return
+        if kind == "mcp_approval_response" and not any(
+            i.id == body.get("approval_request_id") for i in self.items
+        ):
+            await self.error(
+                "invalid_value",
+                "No MCP approval request with that id.",
+                event.get("event_id"),
+                "item.approval_request_id",
+            )
+            return
+        body.setdefault("id", self.sim.new_id("item"))
+        body["object"] = "realtime.item"
+        body["status"] = "completed"
+        previous = self.items[-1].id if self.items else None
+        self.items.append(
+            SimItem(id=body["id"], type=kind or "", role=body.get("role"), call_id=body.get("call_id"))
+        )
+        await self.emit("conversation.item.added", item=body, previous_item_id=previous)
+        await self.emit("conversation.item.done", item=body, previous_item_id=previous)
+        if kind == "mcp_approval_response":
+            request = next(i for i in self.items if i.id == body["approval_request_id"])
+            request.transcript = "approved" if body.get("approve") else "denied"
+
+    async def on_conversation_item_truncate(self, event: dict[str, Any]) -> None:
+        item = next((i for i in self.items if i.id == event.get("item_id")), None)
+        end = int(event.get("audio_end_ms", 0))
+        self.truncations.append(
+            {
+                "item_id": event.get("item_id"),
+                "audio_end_ms": end,
+                "item_audio_ms": item.audio_ms if item else None,
+            }
+        )
+        if item is None or item.role != "assistant":
+            await self.error(
+                "invalid_value",
+                f"Item {event.get('item_id')!r} is not an assistant message.",
+                event.get("event_id"),
+                "item_id",
+            )
+            return
+        if end > item.audio_ms:
+            await self.error(None, f"Audio content of {item.audio_ms}ms is already shorter than {end}ms")
+            return
+        item.audio_ms = end
+        await self.emit("conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=end)
+
+    async def on_conversation_item_delete(self, event: dict[str, Any]) -> None:
+        self.items = [i for i in self.items if i.id != event.get("item_id")]
+        await self.emit("conversation.item.deleted", item_id=event.get("item_id"))
+
+    async def on_conversation_item_retrieve(self, event: dict[str, Any]) -> None:
+        await self.error("invalid_value", "Retrieving items is not simulated.", event.get("event_id"))
+
+    async def on_output_audio_buffer_clear(self, event: dict[str, Any]) -> None:
+        self.sim.violations.append("output_audio_buffer.clear is for WebRTC/SIP only")
+        await self.error(
+            "invalid_event",
+            "output_audio_buffer.clear is not supported over WebSocket.",
+            event.get("event_id"),
+        )
+
+    # -- responses
+
+    async def on_response_create(self, event: dict[str, Any]) -> None:
+        params = event.get("response") or {}
+        in_band = params.get("conversation", "auto") != "none"
+        if in_band and self.active is not None and self.active.in_band:
+            await self.error(
+                "conversation_already_has_active_response",
+                f"Conversation already has an active response in progress: {self.active.id}. "
+                "Wait until the response is finished before creating a new one.",
+                event.get("event_id"),
+            )
+            return
+        await self._start_response(params)
+
+    async def on_response_cancel(self, event: dict[str, Any]) -> None:
+        target = self.active
+        wanted = event.get("response_id")
+        if wanted:
+            target = next(
+                (
+                    r
+                    for r in self.responses
+                    if r.id == wanted and r.cancelled is None and r.task and not r.task.done()
+                ),
+                None,
+            )
+        if target is None:
+            await self.error(
+                "response_cancel_not_active",
+                "Cancellation failed: no active response found",
+                event.get("event_id"),
+            )
+            return
+        self._cancel(target, "client_cancelled")
+
+    def _cancel(self, response: SimResponse, reason: str) -> None:
+        if response.cancelled is None:
+            response.cancelled = reason
+
+    async def _start_response(self, params: dict[str, Any], vad: bool = False) -> None:
+        purpose = (params.get("metadata") or {}).get("purpose")
+        response = SimResponse(
+            self.sim.new_id("resp"), params.get("conversation", "auto") != "none", purpose, params
+        )
+        self.responses.append(response)
+        if response.in_band:
+            self.active = response
+        response.task = self._spawn(self._respond(response))
+
+    def _response_body(
+        self,
+        response: SimResponse,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        params = response.params
+        modalities = params.get("output_modalities") or self.config["output_modalities"]
+        details = None
+        if status == "cancelled":
+            details = {"type": "cancelled", "reason": reason}
+        return {
+            "id": response.id,
+            "object": "realtime.response",
+            "status": status,
+            "status_details": details,
+            "output": output,
+            "conversation_id": self.conversation_id if response.in_band else None,
+            "output_modalities": modalities,
+            "max_output_tokens": params.get("max_output_tokens", self.config["max_output_tokens"]),
+            "audio": {
+                "output": {
+                    "format": self.config["audio"]["output"]["format"],
+                    "voice": self.config["audio"]["output"]["voice"],
+                }
+            },
+            "usage": usage,
+            "metadata": params.get("metadata"),
+        }
+
+    async def _respond(self, response: SimResponse) -> None:
+        try:
+            await self.emit(
+                "response.created", response=self._response_body(response, "in_progress", [], None)
+            )
+            await self.emit(
+                "rate_limits.updated",
+                rate_limits=[
+                    {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
+                    {"name": "tokens", "limit": 40000, "remaining": 35000, "reset_seconds": 7.5},
+                ],
+            )
+            params = response.params
+            modalities = params.get("output_modalities") or self.config["output_modalities"]
+            if modalities == ["text"]:
+                await self._text_response(response)
+                return
+            turn = self.sim.script.answer(response.purpose, params.get("instructions"))
+            await asyncio.sleep(self.sim.response_delay)
+            if turn.call:
+                await self._function_call_response(response, turn)
+            elif turn.mcp:
+                await self._mcp_call_response(response, turn)
+            elif turn.approval:
+                await self._approval_response(response, turn)
+            else:
+                await self._audio_response(response, turn)
+        finally:
+            if self.active is response:
+                self.active = None
+
+    def _usage(self, out_text: int, out_audio: int) -> dict[str, Any]:
+        context_text = 40 + 6 * len(self.items) + len(self.config.get("instructions") or "") // 20
+        context_audio = self.committed_audio_ms // 100
+        cached_text = context_text // 2 if len(self.responses) > 1 else 0
+        cached_audio = context_audio // 2 if len(self.responses) > 1 else 0
+        usage = {
+            "total_tokens": context_text + context_audio + out_text + out_audio,
+            "input_tokens": context_text + context_audio,
+            "output_tokens": out_text + out_audio,
+            "input_token_details": {
+                "text_tokens": context_text,
+                "audio_tokens": context_audio,
+                "image_tokens": 0,
+                "cached_tokens": cached_text + cached_audio,
+                "cached_tokens_details": {
+                    "text_tokens": cached_text,
+                    "audio_tokens": cached_audio,
+                    "image_tokens": 0,
+                },
+            },
+            "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio},
+        }
+        self.sim.usage_sent.append(usage)
+        return usage
+
+    async def _done(
+        self, response: SimResponse, output: list[dict[str, Any]], out_text: int, out_audio: int
+    ) -> None:
+        status = "cancelled" if response.cancelled else "completed"
+        body = self._response_body(
+            response, status, output, self._usage(out_text, out_audio), response.cancelled
+        )
+        await self.emit("response.done", response=body)
+
+    async def _text_response(self, response: SimResponse) -> None:
+        script = self.sim.script
+        if script.summary_delay:
+            await asyncio.sleep(script.summary_delay)
+        text = script.summary_text
+        item_id = self.sim.new_id("item")
+        message = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
+        await self.emit("response.output_item.added", response_id=response.id, output_index=0, item=message)
+        ids = {"response_id": response.id, "item_id": item_id, "output_index": 0, "content_index": 0}
+        await self.emit("response.content_part.added", **ids, part={"type": "text", "text": ""})
+        await self.emit("response.output_text.delta", **ids, delta=text)
+        await self.emit("response.output_text.done", **ids, text=text)
+        await self.emit("response.content_part.done", **ids, part={"type": "text", "text": text})
+        done_item = dict(message, status="completed", content=[{"type": "output_text", "text": text}])
+        await self.emit("response.output_item.done", response_id=response.id, output_index=0, item=done_item)
+        await self._done(response, [done_item], len(text.split()), 0)
+
+    async def _audio_response(self, response: SimResponse, turn: Turn) -> None:
+        text = turn.say or ""
+        item = SimItem(id=self.sim.new_id("item"), type="message", role="assistant", transcript=text)
+        ids = {"response_id": response.id, "item_id": item.id, "output_index": 0, "content_index": 0}
+        body = {
+            "id": item.id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
+        previous = self.items[-1].id if self.items else None
+        if response.in_band:
+            self.items.append(item)
+        await self.emit("response.output_item.added", response_id=response.id, output_index=0, item=body)
+        if response.in_band:
+            await self.emit("conversation.item.added", item=body, previous_item_id=previous)
+        await self.emit("response.content_part.added", **ids, part={"type": "audio", "transcript": ""})
+        audio = self._speech(turn.audio_seconds())
+        words = text.split()
+        sent_words = 0
+        position = 0
+        while position < len(audio) and not response.cancelled:
+            size = self.sim.rng.randrange(320, 1920)  # 40 to 240 ms, uneven
+            chunk = audio[position : position + size]
+            position += len(chunk)
+            item.audio_ms = position // 8
+            self.assistant_audio_sent = True
+            if response.in_band:
+                self.audio_sent += chunk
+            await self.emit("response.output_audio.delta", **ids, delta=base64.b64encode(chunk).decode())
+            due = round(len(words) * position / len(audio))
+            if due > sent_words:
+                await self.emit(
+                    "response.output_audio_transcript.delta",
+                    **ids,
+                    delta=" ".join(words[sent_words:due]) + " ",
+                )
+                sent_words = due
+            await asyncio.sleep(len(chunk) / 8000 / self.sim.speed)
+        heard_text = " ".join(words[:sent_words]) if response.cancelled else text
+        await self.emit("response.output_audio.done", **ids)
+        await self.emit("response.output_audio_transcript.done", **ids, transcript=heard_text)
+        await self.emit("response.content_part.done", **ids, part={"type": "audio", "transcript": heard_text})
+        status = "incomplete" if response.cancelled else "completed"
+        done_item = dict(body, status=status, content=[{"type": "output_audio", "transcript": heard_text}])
+        await self.emit("response.output_item.done", response_id=response.id, output_index=0, item=done_item)
+        if response.in_band:
+            await self.emit("conversation.item.done", item=done_item, previous_item_id=previous)
+        await self._done(response, [done_item], len(heard_text.split()), item.audio_ms // 50)
+
+    def _speech(self, seconds: float) -> bytes:
+        size = int(seconds * 8000)
+        if self.sim.bot_audio:
+            source = self.sim.bot_audio
+            start = self.sim.rng.randrange(max(1, len(source) - size)) if len(source) > size else 0
+            return (source * (size // max(1, len(source)) + 1))[start : start + size]
+        return speech_like(round(seconds, 2), seed=self.sim.rng.randrange(4))[:size]
+
+    async def _function_call_response(self, response: SimResponse, turn: Turn) -> None:
+        assert turn.call is not None
+        call_id = self.sim.new_id("call")
+        item = SimItem(id=self.sim.new_id("item"), type="function_call", call_id=call_id, name=turn.call)
+        arguments = json.dumps(turn.arguments or {})
+        body = {
+            "id": item.id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "name": turn.call,
+            "call_id": call_id,
+            "arguments": "",
+        }
+        previous = self.items[-1].id if self.items else None
+        self.items.append(item)
+        await self.emit("response.output_item.added", response_id=response.id, output_index=0, item=body)
+        await self.emit("conversation.item.added", item=body, previous_item_id=previous)
+        ids = {"response_id": response.id, "item_id": item.id, "output_index": 0, "call_id": call_id}
+        await self.emit("response.function_call_arguments.delta", **ids, delta=arguments)
+        await self.emit("response.function_call_arguments.done", **ids, name=turn.call, arguments=arguments)
+        done_item = dict(body, status="completed", arguments=arguments)
+        await self.emit("response.output_item.done", response_id=response.id, output_index=0, item=done_item)
+        await self.emit("conversation.item.done", item=done_item, previous_item_id=previous)
+        await self._done(response, [done_item], len(arguments) // 4, 0)
+
+    # -- remote MCP
+
+    async def _list_mcp_tools(self, tool: dict[str, Any]) -> None:
+        item_id = self.sim.new_id("mcpl")
+        await self.emit("mcp_list_tools.in_progress", item_id=item_id)
+        tools = [
+            {"name": name, "input_schema": {"type": "object"}}
+            for name in (tool.get("allowed_tools") or ["lookup"])
+            if isinstance(name, str)
+        ]
+        body = {"id": item_id, "type": "mcp_list_tools", "server_label": tool["server_label"], "tools": tools}
+        self.items.append(SimItem(id=item_id, type="mcp_list_tools"))
+        await self.emit("conversation.item.added", item=body, previous_item_id=None)
+        await self.emit("mcp_list_tools.completed", item_id=item_id)
+        await self.emit("conversation.item.done", item=body, previous_item_id=None)
+
+    async def _mcp_call_response(self, response: SimResponse, turn: Turn) -> None:
+        spec = turn.mcp or {}
+        item_id = self.sim.new_id("mcp")
+        arguments = json.dumps(spec.get("arguments") or {})
+        body = {
+            "id": item_id,
+            "type": "mcp_call",
+            "server_label": spec["server_label"],
+            "name": spec["name"],
+            "arguments": "",
+        }
+        self.items.append(SimItem(id=item_id, type="mcp_call"))
+        await self.emit("response.output_item.added", response_id=response.id, output_index=0, item=body)
+        await self.emit(
+            "response.mcp_call_arguments.delta",
+            response_id=response.id,
+            item_id=item_id,
+            output_index=0,
+            delta=arguments,
+        )
+        await self.emit(
+            "response.mcp_call_arguments.done",
+            response_id=response.id,
+            item_id=item_id,
+            output_index=0,
+            arguments=arguments,
+        )
+        await self.emit("response.mcp_call.in_progress", item_id=item_id, output_index=0)
+        done_item = dict(body, arguments=arguments)
+        if "error" in spec:
+            done_item["error"] = {"type": "tool_execution_error", "message": spec["error"]}
+            await self.emit("response.mcp_call.failed", item_id=item_id, output_index=0)
+        else:
+            done_item["output"] = spec.get("output", "ok")
+            await self.emit("response.mcp_call.completed", item_id=item_id, output_index=0)
+        await self.emit("response.output_item.done", response_id=response.id, output_index=0, item=done_item)
+        await self._done(response, [done_item], 5, 0)
+
+    async def _approval_response(self, response: SimResponse, turn: Turn) -> None:
+        spec = turn.approval or {}
+        item_id = self.sim.new_id("mcpr")
+        body = {
+            "id": item_id,
+            "type": "mcp_approval_request",
+            "server_label": spec["server_label"],
+            "name": spec["name"],
+            "arguments": json.dumps(spec.get("arguments") or {}),
+        }
+        previous = self.items[-1].id if self.items else None
+        self.items.append(SimItem(id=item_id, type="mcp_approval_request"))
+        await self.emit("response.output_item.added", response_id=response.id, output_index=0, item=body)
+        await self.emit("conversation.item.added", item=body, previous_item_id=previous)
+        await self.emit("response.output_item.done", response_id=response.id, output_index=0, item=body)
+        await self.emit("conversation.item.done", item=body, previous_item_id=previous)
+        await self._done(response, [body], 5, 0)
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="A local OpenAI Realtime (GA) stand-in for trying the connector.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8081)
+    p.add_argument("--wav", help="speak slices of this WAV instead of generated speech-like audio")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=4.0,
+        help="how much faster than real time audio is generated (default 4)",
+    )
+    p.add_argument("--session-seconds", type=float, default=3600.0, help="session time limit (default 3600)")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    sim = RealtimeSimulator(
+        speed=args.speed,
+        session_seconds=args.session_seconds,
+        strict=False,
+        bot_audio=read_wav(args.wav) if args.wav else None,
+    )
+    await sim.start(args.host, args.port)
+    print(f"Realtime simulator on {sim.url}  (set OPENAI_REALTIME_URL to it)", flush=True)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(build_parser().parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
