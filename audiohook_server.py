@@ -355,7 +355,7 @@ class AudioHookSession:
         """Queue bot audio for paced sending. False when it cannot be queued (call ending, full)."""
         if not self.is_open:
             return False
-        if not self.playout.add(response_id, item_id, audio):
+        if not self.playout.add(response_id, item_id, audio, self._loop.time()):
             return False
         self._wake.set()
         return True

@@ -23,6 +23,7 @@ import time
 import urllib.parse
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,8 @@ class GenesysCall:
         playback_events: bool = False,
         auto_close: bool = True,
         verbose: bool = False,
+        keep_audio: bool = True,
+        frame_tap: Callable[[float, bytes], None] | None = None,
     ) -> None:
         self.base_url = url.rstrip("/")
         self.url = self.base_url + (f"/{urllib.parse.quote(connector_id)}" if connector_id else "")
@@ -114,6 +117,8 @@ class GenesysCall:
         self.playback_events = playback_events
         self.auto_close = auto_close
         self.verbose = verbose
+        self.keep_audio = keep_audio  # False: frames are only counted (long or large runs)
+        self.frame_tap = frame_tap
         self.record = CallRecord()
         self.ws: ClientConnection | None = None
         self.seq = 0
@@ -339,7 +344,10 @@ class GenesysCall:
             self._say("<- bot audio")
         self._playout_clock = max(self._playout_clock, now) + len(data) / 8000
         self.record.audio_frames.append((now, len(data)))
-        self.record.bot_audio += data
+        if self.keep_audio:
+            self.record.bot_audio += data
+        if self.frame_tap is not None:
+            self.frame_tap(now, data)
         if self.playback_events:
             if not self._playing:
                 self._playing = True

@@ -274,6 +274,7 @@ class Settings:
     openai_api_key: str
     openai_realtime_url: str
     openai_reconnect_seconds: float
+    event_loop: str = "asyncio"  # or "uvloop"
     # Per-call defaults from the environment (CallKey.attr -> value) and bot profiles.
     call_defaults: Mapping[str, Any] = field(default_factory=dict)
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -454,6 +455,19 @@ def load_profiles(path: str) -> dict[str, dict[str, Any]]:
     return profiles
 
 
+def _event_loop(choice: str) -> str:
+    """`auto`: uvloop when it is installed (an optional dependency), else asyncio's own."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "EVENT_LOOP is uvloop but uvloop is not installed (pip install uvloop)"
+            ) from None
+        return "asyncio"
+    return "asyncio" if choice == "asyncio" else "uvloop"
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     r = _Reader(env)
     debug = r.boolean("DEBUG", False)
@@ -474,6 +488,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if not realtime_url.startswith(("ws://", "wss://")):
         raise ConfigError(f"OPENAI_REALTIME_URL must be a ws:// or wss:// URL (got {realtime_url!r})")
     reconnect = r.number("OPENAI_RECONNECT_SECONDS", 10.0, 0.5, 300.0)
+    event_loop = _event_loop(r.choice("EVENT_LOOP", "auto", ("auto", "asyncio", "uvloop")))
     call_defaults = r.call_defaults()
     profiles_path = r.string("BOT_PROFILES_PATH")
     profiles = load_profiles(profiles_path) if profiles_path else {}
@@ -488,6 +503,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         openai_api_key=openai_api_key,
         openai_realtime_url=realtime_url,
         openai_reconnect_seconds=reconnect,
+        event_loop=event_loop,
         call_defaults=call_defaults,
         profiles=profiles,
         report=tuple(r.report),

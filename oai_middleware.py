@@ -170,7 +170,7 @@ async def serve_until_signal(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
-    log.info("listening on %s:%d", settings.host, app.port)
+    log.info("listening on %s:%d (%s event loop)", settings.host, app.port, settings.event_loop)
     model = settings.call_defaults.get("model", "gpt-realtime-mini")
     if model in DEPRECATED_MODELS:
         log.warning("OPENAI_MODEL %s is marked deprecated by OpenAI; consider gpt-realtime-2.1-mini", model)
@@ -197,7 +197,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}={value}")
         return 0
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve_until_signal(settings))
+    loop_factory = None
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve_until_signal(settings))
     return 0
 
 

@@ -54,12 +54,15 @@ class Playout:
     hold_until: float = 0.0
     last_send: float = float("-inf")
     queued_bytes: int = 0
+    queued_since: float = 0.0  # when audio arrived in an empty queue
     _items: deque[_Item] = field(default_factory=deque)
 
-    def add(self, response_id: str, item_id: str, audio: bytes) -> bool:
+    def add(self, response_id: str, item_id: str, audio: bytes, now: float) -> bool:
         """Queue bot audio. False (nothing queued) when the per-call bound would be passed."""
         if self.queued_bytes + len(audio) > self.max_buffered_bytes:
             return False
+        if not self.queued_bytes:
+            self.queued_since = now
         item = self._items[-1] if self._items else None
         if item is None or item.item_id != item_id or item.response_id != response_id:
             item = _Item(response_id, item_id)
@@ -81,7 +84,22 @@ class Playout:
             return None
         # The moment there is room for a whole frame within the lead.
         room_at = self.playout_end - (self.lead - self.frame)
-        return max(self.last_send + self.min_interval, self.hold_until, room_at, now)
+        at = max(self.last_send + self.min_interval, self.hold_until, room_at, now)
+        if self._starving(at):
+            at = max(at, self.queued_since + self.min_interval)
+        return at
+
+    def _starving(self, now: float) -> bool:
+        """Playback would run dry before the next frame may go: wait to send a big enough one.
+
+        A first frame shorter than the message spacing would leave Genesys silent until the
+        next one; waiting (at most that spacing) for more audio avoids the gap.
+        """
+        return (
+            self.playout_end - now < self.min_interval
+            and self.queued_bytes < self.min_interval * BYTES_PER_SECOND
+            and now < self.queued_since + self.min_interval
+        )
 
     def take(self, now: float) -> bytes | None:
         """The next frame to send now, or None if it is not yet time."""
@@ -91,7 +109,7 @@ class Playout:
             return None
         ahead = max(0.0, self.playout_end - now)
         room = self.lead - ahead
-        if room < self.frame:
+        if room < self.frame or self._starving(now):
             return None
         item = self._first_queued()
         size = min(len(item.queued), int(room * BYTES_PER_SECOND), self.max_frame_bytes)

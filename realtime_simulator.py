@@ -213,6 +213,10 @@ class RealtimeSimulator:
         self.connect_delay = 0.0
         self.drop_on: Callable[[dict[str, Any]], bool] | None = None  # drop the socket on a match
         self.response_delay = 0.05  # first delta this long after response.created
+        self.keep_audio = True  # False: audio is not kept per session (long or large runs)
+        # Observation hooks (the load benchmark stamps and times audio with them).
+        self.append_tap: Callable[[SimSession, bytes], None] | None = None
+        self.delta_tap: Callable[[SimSession, SimResponse, bytes], bytes] | None = None
         self.force_output_format: dict[str, Any] | None = None  # misbehave: ignore the asked format
         self.connections = 0
         self._ids = itertools.count(1)
@@ -540,7 +544,10 @@ class SimSession:
         except ValueError:
             await self.error("invalid_value", "Invalid base64 audio.", event.get("event_id"), "audio")
             return
-        self.audio_received += audio
+        if self.sim.keep_audio:
+            self.audio_received += audio
+        if self.sim.append_tap is not None:
+            self.sim.append_tap(self, audio)
         data = self._carry + audio
         whole = len(data) - len(data) % WINDOW_BYTES
         self._carry = data[whole:]
@@ -921,9 +928,11 @@ class SimSession:
             size = self.sim.rng.randrange(320, 1920)  # 40 to 240 ms, uneven
             chunk = audio[position : position + size]
             position += len(chunk)
+            if self.sim.delta_tap is not None:
+                chunk = self.sim.delta_tap(self, response, chunk)
             item.audio_ms = position // 8
             self.assistant_audio_sent = True
-            if response.in_band:
+            if response.in_band and self.sim.keep_audio:
                 self.audio_sent += chunk
             await self.emit("response.output_audio.delta", **ids, delta=base64.b64encode(chunk).decode())
             due = round(len(words) * position / len(audio))

@@ -124,3 +124,12 @@ def test_check_config_prints_the_effective_configuration_with_secrets_masked():
     for secret in ("super-secret-key", CLIENT_SECRET, "sk-proj-very-secret"):
         assert secret not in result.stdout
     assert run_main({}, "--check-config").returncode == 2
+
+
+def test_event_loop_choice(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed
+    assert load_settings(env()).event_loop == "asyncio"
+    with pytest.raises(ConfigError, match="EVENT_LOOP is uvloop but uvloop is not installed"):
+        load_settings(env(EVENT_LOOP="uvloop"))
+    with pytest.raises(ConfigError, match="EVENT_LOOP must be one of"):
+        load_settings(env(EVENT_LOOP="trio"))
