@@ -28,6 +28,7 @@ from audiohook_protocol import (
     barge_in_entity,
     parse_duration,
 )
+from call_control import empty_output_variables
 from log_setup import conversation_id_var
 from playout import Interruption, Playout
 
@@ -53,7 +54,7 @@ class CallHandler(Protocol):
 
     def on_dtmf(self, digit: str) -> None: ...
 
-    def output_variables(self) -> dict[str, str]:
+    def output_variables(self, failure: str | None = None) -> dict[str, str]:
         """Output variables for a `disconnect` the session sends on its own (errors, shutdown)."""
 
 
@@ -69,7 +70,7 @@ class AudioHookSession:
         organization_id: str,
         connector_id: str | None,
         handler_factory: HandlerFactory,
-        default_outputs: Callable[[], dict[str, str]] = dict,
+        default_outputs: Callable[[str | None], dict[str, str]] = empty_output_variables,
     ) -> None:
         self.ws = ws
         self.session_id = session_id
@@ -196,7 +197,7 @@ class AudioHookSession:
         if self.protocol.state in (State.DISCONNECTING, State.CLOSED):
             return
         self.end_reason = f"protocol error: {info}"
-        self._send_disconnect("error", info, self._outputs())
+        self._send_disconnect("error", info, self._outputs(f"protocol error: {info}"))
         self._cancel_handler()
 
     def _on_open(self, msg: ClientMessage) -> None:
@@ -205,7 +206,8 @@ class AudioHookSession:
         if request.organization_id != self.organization_id:
             log.warning("organization id in open does not match the upgrade request")
             self.end_reason = "organization mismatch"
-            self._send_disconnect("unauthorized", "organization mismatch", self._outputs())
+            outputs = self._outputs("organization mismatch")
+            self._send_disconnect("unauthorized", "organization mismatch", outputs)
             return
         self.open_request = request
         conversation_id_var.set(request.conversation_id)
@@ -319,13 +321,13 @@ class AudioHookSession:
         self._control.clear()
         self.ws.transport.abort()
 
-    def _outputs(self) -> dict[str, str]:
+    def _outputs(self, failure: str | None = None) -> dict[str, str]:
         if self.handler is not None:
             try:
-                return self.handler.output_variables()
+                return self.handler.output_variables(failure)
             except Exception:
                 log.exception("output variables failed")
-        return self._default_outputs()
+        return self._default_outputs(failure)
 
     def _cancel_handler(self) -> None:
         if self._handler_task is not None and self._handler_task is not asyncio.current_task():
@@ -340,7 +342,7 @@ class AudioHookSession:
         except Exception:
             log.exception("call handler failed")
             self.end_reason = "internal error"
-            await self.disconnect("error", "internal error", self._outputs())
+            await self.disconnect("error", "internal error", self._outputs("internal error"))
 
     # -- bot side ----------------------------------------------------------------------------
 
@@ -392,9 +394,9 @@ class AudioHookSession:
             return
         self.end_reason = self.end_reason or f"disconnect {reason}" + (f": {info}" if info else "")
         log.info("disconnecting: %s%s", reason, f" ({info})" if info else "")
-        self._send_disconnect(
-            reason, info, output_variables if output_variables is not None else self._outputs()
-        )
+        failure = info if reason != "completed" else None
+        outputs = output_variables if output_variables is not None else self._outputs(failure)
+        self._send_disconnect(reason, info, outputs)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_WAIT + 1):
                 await self._finished.wait()

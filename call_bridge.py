@@ -1,15 +1,21 @@
 """One call: the AudioHook session on one side, an OpenAI Realtime session on the other.
 
 The bridge pumps caller audio to OpenAI and bot audio to the session's pacer, decides what each
-server event means for the call (barge-in, truncation, usage, transcripts, errors) in plain
-methods that tests drive with dicts, and replaces the OpenAI socket when it drops or nears its
-time limit, restoring the conversation so the caller can go on.
+server event means for the call (barge-in, truncation, usage, transcripts, tool calls, errors)
+in plain methods that tests drive with dicts, and replaces the OpenAI socket when it drops or
+nears its time limit, restoring the conversation so the caller can go on. It ends the call when
+the model asks to (call-control tools) or a limit is reached: a farewell played to the end, a
+summary made in parallel, then `disconnect` with the output variables.
+
+Every task of a call (the OpenAI conversation, the limits watch, keypad digits, the ending,
+tools) lives in one TaskGroup, so all of them end with the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -18,7 +24,22 @@ from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from call_control import (
+    CALL_CONTROL_NAMES,
+    CALL_CONTROL_TOOLS,
+    SUMMARY_INSTRUCTIONS,
+    CallLimits,
+    DtmfCollector,
+    Outcome,
+    dtmf_message,
+    limit_outcome,
+    outcome_from_tool,
+    output_variables,
+    parse_arguments,
+    summary_json,
+)
 from config import CallConfig, Settings
+from instructions import build_instructions
 from openai_client import (
     RealtimeConfig,
     RealtimeConnection,
@@ -26,10 +47,13 @@ from openai_client import (
     Transcript,
     Usage,
     append_audio,
+    function_output,
     history_events,
+    lock_turns,
     response_create,
     session_update,
     truncate,
+    user_text,
 )
 from playout import Interruption
 
@@ -39,8 +63,10 @@ MAX_BUFFERED_CALLER_AUDIO = 10 * 8000  # caller audio kept while OpenAI is (re)c
 MAX_APPEND_BYTES = 32_000  # buffered audio goes out in appends of at most this much
 RECYCLE_MARGIN_SECONDS = 120.0  # replace the OpenAI session this long before it expires
 ITEMS_TRACKED = 16
+LIMIT_CHECK_SECONDS = 1.0
 FATAL_ERROR_CODES = frozenset({"beta_api_shape_disabled", "model_not_found", "invalid_api_key"})
 HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active", "input_audio_buffer_commit_empty"})
+OUT_OF_BAND = "summary"  # the purpose of the one response that runs outside the conversation
 
 
 class CallFailed(Exception):
@@ -86,16 +112,28 @@ class CallBridge:
         self.caller_speaking = False
         self.generation = 0  # OpenAI sockets used so far
         self.rate_limits: list[dict[str, Any]] = []
-        self.started = time.monotonic()
+        self.started = link.now()
+        self.limits = CallLimits(
+            self.started, settings.max_call_duration_seconds, settings.idle_timeout_seconds
+        )
+        self.dtmf = DtmfCollector()
+        self.outcome: Outcome | None = None
+        self.summary: str | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._dtmf_wake = asyncio.Event()
+        self._farewell_id: str | None = None
+        self._farewell_done = asyncio.Event()
+        self._summary_done = asyncio.Event()
         self._pending_audio = bytearray()
         self._dropped_warned = False
         self._stale: set[str] = set()  # responses whose audio must not reach the caller
-        self._out_of_band: dict[str, str] = {}  # response id -> purpose
+        self._out_of_band: set[str] = set()
         self._item_bytes: OrderedDict[str, int] = OrderedDict()  # audio received per item
         self._item_generation: dict[str, int] = {}
         self._heard: dict[str, float] = {}  # item id -> fraction heard, for cut turns
         self._recycle_at: float | None = None
         self._resume = False
+        self._digit_turns = 0
         self._buffer_full_warned: set[str] = set()
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "session.created": self.on_session_created,
@@ -108,6 +146,7 @@ class CallBridge:
             "response.created": self.on_response_created,
             "response.output_audio.delta": self.on_audio_delta,
             "response.output_audio_transcript.done": self.on_bot_transcript,
+            "response.function_call_arguments.done": self.on_function_call,
             "response.done": self.on_response_done,
             "rate_limits.updated": self.on_rate_limits,
             "error": self.on_error,
@@ -118,26 +157,34 @@ class CallBridge:
         return RealtimeConfig(
             model=call.model,
             voice=call.voice,
-            instructions=call.system_prompt,
+            instructions=build_instructions(call),
             turn_detection=call.turn_detection,
             vad_threshold=call.vad_threshold,
             vad_silence_ms=call.vad_silence_ms,
             vad_prefix_padding_ms=call.vad_prefix_padding_ms,
             vad_eagerness=call.vad_eagerness,
             transcription_model=call.transcription_model,
+            transcription_language=None,
             noise_reduction=call.noise_reduction,
             max_output_tokens=call.max_output_tokens,
+            tools=CALL_CONTROL_TOOLS,
         )
 
     # -- CallHandler -------------------------------------------------------------------------
 
     async def run(self) -> None:
         try:
-            await self._converse()
-        except CallFailed as exc:
-            log.warning("call failed: %s", exc)
-            await self.link.disconnect("error", str(exc), self.output_variables(failed=True))
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._watch_limits(), name="limits")
+                tg.create_task(self._watch_dtmf(), name="dtmf")
+                await self._converse()
+        except* CallFailed as failed:
+            reason = str(failed.exceptions[0])
+            log.warning("call failed: %s", reason)
+            await self.link.disconnect("error", reason, self.output_variables(reason))
         finally:
+            self._tg = None
             await self._detach()
 
     def on_audio(self, audio: bytes) -> None:
@@ -153,19 +200,32 @@ class CallBridge:
                 log.warning("OpenAI not ready for 10 s of caller audio; keeping only the latest 10 s")
 
     def on_dtmf(self, digit: str) -> None:
-        return None
+        if self.outcome is not None:
+            return
+        now = self.link.now()
+        self.limits.activity(now)
+        if not self.dtmf.digits:
+            self._interrupt(cancel=True)  # keys over the bot's voice stop it, like speech does
+        digits = self.dtmf.press(digit, now)
+        if digits is not None:
+            self._hand_over_digits(digits)
+        else:
+            self._dtmf_wake.set()
 
-    def output_variables(self, *, failed: bool = False) -> dict[str, str]:
-        variables = self.usage.as_variables()
-        variables["CONVERSATION_DURATION"] = str(round(time.monotonic() - self.started))
-        variables["ESCALATION_REQUIRED"] = "true" if failed else "false"
-        return variables
+    def output_variables(self, failure: str | None = None) -> dict[str, str]:
+        return output_variables(
+            usage=self.usage,
+            duration=self.link.now() - self.started,
+            outcome=self.outcome,
+            summary=self.summary,
+            failure=failure,
+        )
 
     # -- connection life cycle ---------------------------------------------------------------
 
     async def _converse(self) -> None:
         while True:
-            deadline = time.monotonic() + self.settings.openai_reconnect_seconds
+            deadline = self.link.now() + self.settings.openai_reconnect_seconds
             conn = await self._connect(deadline)
             self._attach(conn)
             outcome = await self._pump(conn)
@@ -178,7 +238,7 @@ class CallBridge:
     async def _connect(self, deadline: float) -> RealtimeConnection:
         delay = 0.25
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.link.now()
             if remaining <= 0:
                 raise CallFailed("OpenAI unreachable")
             try:
@@ -195,7 +255,7 @@ class CallBridge:
                 log.warning("OpenAI refused the connection (HTTP %d); retrying", status)
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 log.warning("cannot reach OpenAI (%s); retrying", type(exc).__name__)
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            await asyncio.sleep(min(delay, max(0.0, deadline - self.link.now())))
             delay = min(delay * 2, 2.0)
 
     def _attach(self, conn: RealtimeConnection) -> None:
@@ -218,13 +278,17 @@ class CallBridge:
             self.realtime.model,
             self.realtime.voice,
         )
-        if restoring and self._resume:
+        resume, self._resume = self._resume, False
+        if self.outcome is not None:
+            if not self._farewell_done.is_set():
+                self._ask_farewell()
+        elif restoring and resume:
             self._request(response_create())
         elif not restoring and self.call.greeting:
             self._request(
                 response_create(
-                    instructions=f"{self.realtime.instructions}\n\nGreet the caller now, "
-                    f'saying: "{self.call.greeting}"',
+                    instructions=f"{self.realtime.instructions}\n\n"
+                    f'Greet the caller now, saying: "{self.call.greeting}"',
                     purpose="greeting",
                 )
             )
@@ -232,7 +296,7 @@ class CallBridge:
     async def _detach(self) -> None:
         self.ready = False
         conn, self.conn = self.conn, None
-        self._resume = self.gate.reset()
+        self._resume = self.gate.reset() or self._resume
         self._stale.clear()
         self._out_of_band.clear()
         self._recycle_at = None
@@ -256,20 +320,29 @@ class CallBridge:
     def _recycle_wait(self) -> float | None:
         if self._recycle_at is None:
             return None
-        return max(0.5, self._recycle_at - time.monotonic())
+        return max(0.5, self._recycle_at - self.link.now())
 
     def _quiet(self) -> bool:
         """A moment to replace the OpenAI session without anyone noticing."""
-        return not (self.gate.busy or self.caller_speaking or self.link.audio_busy())
+        return self.outcome is None and not (self.gate.busy or self.caller_speaking or self.link.audio_busy())
 
     def _request(self, event: dict[str, Any]) -> None:
+        if self.conn is None:
+            self._resume = True  # asked for again once a new socket is attached
+            return
         ready = self.gate.request(event)
-        if ready is not None and self.conn is not None:
+        if ready is not None:
             self.conn.send(ready)
 
     def _send(self, event: dict[str, Any]) -> None:
         if self.conn is not None:
             self.conn.send(event)
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        if self._tg is not None:
+            self._tg.create_task(coro, name=name)
+        else:
+            coro.close()  # the call is over
 
     # -- server events -----------------------------------------------------------------------
 
@@ -283,7 +356,7 @@ class CallBridge:
         if isinstance(expires_at, int | float) and expires_at > 0:
             lifetime = expires_at - time.time()
             margin = min(RECYCLE_MARGIN_SECONDS, max(lifetime, 0.0) / 4)
-            self._recycle_at = time.monotonic() + lifetime - margin
+            self._recycle_at = self.link.now() + lifetime - margin
 
     def on_session_updated(self, event: dict[str, Any]) -> None:
         output = (((event.get("session") or {}).get("audio") or {}).get("output") or {}).get("format")
@@ -294,8 +367,20 @@ class CallBridge:
 
     def on_speech_started(self, event: dict[str, Any]) -> None:
         self.caller_speaking = True
+        self.limits.activity(self.link.now())
+        if self.outcome is None:  # the farewell is never cut
+            self._interrupt()
+
+    def _interrupt(self, *, cancel: bool = False) -> None:
+        """The caller cut in: stop the bot's audio and tell the model what was heard.
+
+        On speech the server's VAD cancels the running response itself; for keypad input
+        (`cancel`) it does not know, so the response is cancelled here.
+        """
         if self.gate.active is not None:
-            self._stale.add(self.gate.active)  # the server cancels it: drop its late deltas
+            self._stale.add(self.gate.active)  # drop its late deltas
+            if cancel:
+                self._send({"type": "response.cancel"})
         cut = self.link.barge_in()
         if cut is None:
             return
@@ -311,6 +396,7 @@ class CallBridge:
 
     def on_speech_stopped(self, event: dict[str, Any]) -> None:
         self.caller_speaking = False
+        self.limits.activity(self.link.now())
 
     def on_item_added(self, event: dict[str, Any]) -> None:
         item = event.get("item") or {}
@@ -334,12 +420,14 @@ class CallBridge:
         response = event.get("response") or {}
         response_id = response.get("id", "")
         purpose = (response.get("metadata") or {}).get("purpose")
-        if response.get("conversation_id") is None and purpose is not None:
-            self._out_of_band[response_id] = purpose
+        if purpose == OUT_OF_BAND:
+            self._out_of_band.add(response_id)
             return
         fmt = ((response.get("audio") or {}).get("output") or {}).get("format")
         if isinstance(fmt, dict) and fmt.get("type") not in (None, "audio/pcmu"):
             raise CallFailed(f"OpenAI response format is {fmt.get('type')!r}, not audio/pcmu")
+        if purpose == "farewell":
+            self._farewell_id = response_id
         self.gate.created(response_id)
 
     def on_audio_delta(self, event: dict[str, Any]) -> None:
@@ -368,6 +456,22 @@ class CallBridge:
                 self._heard.pop(old, None)
         self._item_bytes[item_id] = self._item_bytes.get(item_id, 0) + size
 
+    def on_function_call(self, event: dict[str, Any]) -> None:
+        name = event.get("name", "")
+        call_id = event.get("call_id", "")
+        arguments = parse_arguments(event.get("arguments", ""))
+        if name in CALL_CONTROL_NAMES:
+            if self.outcome is not None:
+                note = {"ok": True, "note": "the call is already ending"}
+                self._send(function_output(call_id, json.dumps(note)))
+                return
+            self._send(function_output(call_id, json.dumps({"ok": True})))
+            self.finish(outcome_from_tool(name, arguments))
+            return
+        log.warning("the model called an unknown tool %r", name[:64])
+        self._send(function_output(call_id, json.dumps({"error": f"there is no tool named {name}"})))
+        self._request(response_create())
+
     def on_response_done(self, event: dict[str, Any]) -> None:
         response = event.get("response") or {}
         response_id = response.get("id", "")
@@ -378,8 +482,12 @@ class CallBridge:
             log.warning("OpenAI response failed: %s", details.get("code") or details.get("type") or "-")
         self._stale.discard(response_id)
         self._buffer_full_warned.discard(response_id)
-        if self._out_of_band.pop(response_id, None) is not None:
+        if response_id in self._out_of_band:
+            self._out_of_band.discard(response_id)
+            self._take_summary(response)
             return
+        if response_id == self._farewell_id:
+            self._farewell_done.set()
         queued = self.gate.done(response_id)
         if queued is not None:
             self._send(queued)
@@ -403,6 +511,96 @@ class CallBridge:
             raise CallFailed(f"OpenAI refused the session ({code or 'error'})")
         else:
             log.warning("OpenAI error %s: %s", code or error.get("type", "-"), message[:200])
+
+    # -- ending the call ---------------------------------------------------------------------
+
+    def finish(self, outcome: Outcome) -> None:
+        """End the call: farewell, summary, `disconnect completed`. A second request is ignored."""
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        if outcome.escalate:
+            log.info("ending the call with escalation: %s", outcome.reason)
+        else:
+            log.info("ending the call: %s", outcome.summary or "-")
+        self._spawn(self._end_call(), "ending")
+
+    def _ask_farewell(self) -> None:
+        assert self.outcome is not None
+        # The caller's voice must neither cut the farewell nor start another answer.
+        self._send(lock_turns(self.realtime, event_id=f"lock-turns-{self.generation}"))
+        self._request(
+            response_create(
+                instructions=f"{self.realtime.instructions}\n\n{self.outcome.farewell}", purpose="farewell"
+            )
+        )
+
+    async def _end_call(self) -> None:
+        self._ask_farewell()
+        self._send(
+            response_create(
+                instructions=SUMMARY_INSTRUCTIONS, purpose=OUT_OF_BAND, out_of_band=True, text_only=True
+            )
+        )
+        timeout = self.settings.farewell_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                await self._farewell_done.wait()
+                await self.link.wait_played()
+        except TimeoutError:
+            log.warning("the farewell did not finish within %g s; hanging up", timeout)
+        if self.summary is None:
+            log.info("no conversation summary before the farewell ended")
+        await self.link.disconnect("completed", None, self.output_variables())
+
+    def _take_summary(self, response: dict[str, Any]) -> None:
+        texts = [
+            part.get("text") or part.get("transcript") or ""
+            for item in response.get("output") or []
+            for part in item.get("content") or []
+        ]
+        text = "".join(texts).strip()
+        if response.get("status") == "completed" and text:
+            self.summary = summary_json(text)
+            log.debug("conversation summary: %s", self.summary)
+        else:
+            log.warning("the conversation summary failed (%s)", response.get("status"))
+        self._summary_done.set()
+
+    async def _watch_limits(self) -> None:
+        while self.outcome is None:
+            now = self.link.now()
+            if self.link.audio_busy() or self.gate.busy or self.caller_speaking:
+                self.limits.activity(now)
+            reason = self.limits.due(now)
+            if reason is not None:
+                log.info("call limit: %s", reason)
+                self.finish(limit_outcome(reason))
+                return
+            await asyncio.sleep(max(0.01, min(self.limits.next_check() - now, LIMIT_CHECK_SECONDS)))
+
+    # -- keypad ------------------------------------------------------------------------------
+
+    async def _watch_dtmf(self) -> None:
+        while True:
+            await self._dtmf_wake.wait()
+            self._dtmf_wake.clear()
+            while self.dtmf.digits:
+                await asyncio.sleep(max(0.0, self.dtmf.last_at + self.dtmf.pause - self.link.now()))
+                digits = self.dtmf.due(self.link.now())
+                if digits is not None:
+                    self._hand_over_digits(digits)
+
+    def _hand_over_digits(self, digits: str) -> None:
+        text = dtmf_message(digits)
+        log.debug("caller keyed %s", digits)
+        self._digit_turns += 1
+        self.transcript.add_text("user", text, key=f"keypad-{self._digit_turns}")
+        if self.conn is None:
+            self._resume = True  # the restored history carries the digits
+            return
+        self._send(user_text(text))
+        self._request(response_create())
 
 
 def make_bridge_factory(settings: Settings, *, connector: Connector = RealtimeConnection.open):

@@ -95,6 +95,7 @@ class GenesysCall:
         extra_headers: dict[str, str] | None = None,
         ping_interval: float | None = 5.0,
         playback_events: bool = False,
+        playback_delay: float = 0.0,
         auto_close: bool = True,
         verbose: bool = False,
         keep_audio: bool = True,
@@ -115,6 +116,7 @@ class GenesysCall:
         self.extra_headers = extra_headers or {}
         self.ping_interval = ping_interval
         self.playback_events = playback_events
+        self.playback_delay = playback_delay  # report playback_completed this much late
         self.auto_close = auto_close
         self.verbose = verbose
         self.keep_audio = keep_audio  # False: frames are only counted (long or large runs)
@@ -126,6 +128,7 @@ class GenesysCall:
         self.audio_seconds_sent = 0.0
         self.paused = False
         self.sent_at: dict[int, float] = {}
+        self.sent_log: list[tuple[float, str]] = []
         self._pings: deque[tuple[int, float]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
         self._answered = asyncio.Event()  # the open transaction got an answer (or the socket went)
@@ -220,6 +223,7 @@ class GenesysCall:
             "parameters": parameters or {},
         }
         self.sent_at[self.seq] = time.monotonic()
+        self.sent_log.append((self.sent_at[self.seq], type_))
         await self.ws.send(json.dumps(message))
         if type_ not in ("ping",):
             self._say(f"-> {type_} {json.dumps(parameters or {})[:120]}")
@@ -361,6 +365,7 @@ class GenesysCall:
             while time.monotonic() < self._playout_end:
                 await asyncio.sleep(self._playout_end - time.monotonic())
             self._playing = False
+            await asyncio.sleep(self.playback_delay)
             if not self._ended.is_set():
                 await self.send_message("playback_completed")
 

@@ -274,6 +274,9 @@ class Settings:
     openai_api_key: str
     openai_realtime_url: str
     openai_reconnect_seconds: float
+    max_call_duration_seconds: float = 3600.0
+    idle_timeout_seconds: float = 120.0
+    farewell_timeout_seconds: float = 10.0
     event_loop: str = "asyncio"  # or "uvloop"
     # Per-call defaults from the environment (CallKey.attr -> value) and bot profiles.
     call_defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -488,6 +491,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if not realtime_url.startswith(("ws://", "wss://")):
         raise ConfigError(f"OPENAI_REALTIME_URL must be a ws:// or wss:// URL (got {realtime_url!r})")
     reconnect = r.number("OPENAI_RECONNECT_SECONDS", 10.0, 0.5, 300.0)
+    max_duration = r.number("MAX_CALL_DURATION_SECONDS", 3600.0, 1.0, 86_400.0)
+    idle_timeout = r.number("IDLE_TIMEOUT_SECONDS", 120.0, 1.0, 86_400.0)
+    farewell_timeout = r.number("FAREWELL_TIMEOUT_SECONDS", 10.0, 0.5, 120.0)
     event_loop = _event_loop(r.choice("EVENT_LOOP", "auto", ("auto", "asyncio", "uvloop")))
     call_defaults = r.call_defaults()
     profiles_path = r.string("BOT_PROFILES_PATH")
@@ -503,6 +509,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         openai_api_key=openai_api_key,
         openai_realtime_url=realtime_url,
         openai_reconnect_seconds=reconnect,
+        max_call_duration_seconds=max_duration,
+        idle_timeout_seconds=idle_timeout,
+        farewell_timeout_seconds=farewell_timeout,
         event_loop=event_loop,
         call_defaults=call_defaults,
         profiles=profiles,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -39,6 +40,14 @@ def demo_script() -> Script:
             ),
         ],
         caller_transcripts=["Hi, where is my order?", "Great, that's all, thank you."],
+        summary_text=json.dumps(
+            {
+                "topics": ["order status"],
+                "decisions": ["no change to the order"],
+                "action_items": [],
+                "sentiment": "positive",
+            }
+        ),
     )
 
 

@@ -23,6 +23,7 @@ from websockets.http11 import Request, Response
 from audiohook_protocol import is_uuid
 from audiohook_server import AudioHookSession, HandlerFactory
 from call_bridge import make_bridge_factory
+from call_control import empty_output_variables
 from config import DEPRECATED_MODELS, ConfigError, Settings, load_settings, read_environment
 from genesys_auth import Authenticator, Failure
 from log_setup import configure_logging, session_id_var
@@ -54,7 +55,7 @@ class App:
         settings: Settings,
         *,
         handler_factory: HandlerFactory | None = None,
-        default_outputs: Callable[[], dict[str, str]] = dict,
+        default_outputs: Callable[[str | None], dict[str, str]] = empty_output_variables,
         auth_failure_delay: float = AUTH_FAILURE_DELAY,
     ) -> None:
         self.settings = settings

@@ -118,8 +118,8 @@ class RecordingHandler:
     def on_dtmf(self, digit: str) -> None:
         self.digits.append(digit)
 
-    def output_variables(self) -> dict[str, str]:
-        return {"RECORDED_BYTES": str(len(self.audio))}
+    def output_variables(self, failure=None) -> dict[str, str]:
+        return {"RECORDED_BYTES": str(len(self.audio)), "FAILURE": str(failure)}
 
 
 def recording_factory(script=None):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -133,3 +135,116 @@ def test_event_loop_choice(monkeypatch):
         load_settings(env(EVENT_LOOP="uvloop"))
     with pytest.raises(ConfigError, match="EVENT_LOOP must be one of"):
         load_settings(env(EVENT_LOOP="trio"))
+
+
+# -- per-call settings and bot profiles ------------------------------------------------------
+
+
+def write_profiles(tmp_path, document) -> str:
+    path = tmp_path / "profiles.json"
+    path.write_text(document if isinstance(document, str) else json.dumps(document))
+    return str(path)
+
+
+def test_precedence_input_variable_then_profile_then_environment_then_default(tmp_path):
+    profiles = write_profiles(
+        tmp_path,
+        {
+            "sales": {
+                "OPENAI_VOICE": "cedar",
+                "INITIAL_GREETING": "Hi from sales",
+                "OPENAI_VAD_SILENCE_MS": 700,
+            }
+        },
+    )
+    settings = load_settings(env(BOT_PROFILES_PATH=profiles, OPENAI_VOICE="marin", AGENT_NAME="Env Agent"))
+    call = settings.call_config("sales", {"AGENT_NAME": "Ava"})
+    assert call.voice == "cedar"  # profile over environment
+    assert call.greeting == "Hi from sales"
+    assert call.vad_silence_ms == 700
+    assert call.agent_name == "Ava"  # input variable over environment
+    assert call.company_name == "Our Company"  # built-in default
+    assert settings.call_config("sales", {"OPENAI_VOICE": "ash"}).voice == "ash"  # input over profile
+    other = settings.call_config("support", {})
+    assert (other.voice, other.greeting, other.agent_name) == ("marin", None, "Env Agent")
+    assert settings.call_config(None, {}).voice == "marin"
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "must hold a JSON object keyed by connector id"),
+        ({"sales": "x"}, "profile 'sales': must be an object"),
+        ({"sales": {"OPENAI_VOICES": "cedar"}}, "profile 'sales': unknown key OPENAI_VOICES"),
+        ({"sales": {"OPENAI_VOICE": "nova"}}, "profile 'sales': OPENAI_VOICE must be one of"),
+        ({"sales": {"OPENAI_VAD_THRESHOLD": 3}}, "OPENAI_VAD_THRESHOLD must be a number from 0 to 1"),
+    ],
+)
+def test_a_bad_profile_file_stops_start_up_with_one_line(tmp_path, document, message):
+    with pytest.raises(ConfigError, match=message) as excinfo:
+        load_settings(env(BOT_PROFILES_PATH=write_profiles(tmp_path, document)))
+    assert "\n" not in str(excinfo.value)
+
+
+def test_a_missing_profile_file_stops_start_up(tmp_path):
+    with pytest.raises(ConfigError, match="BOT_PROFILES_PATH: cannot read"):
+        load_settings(env(BOT_PROFILES_PATH=str(tmp_path / "nope.json")))
+
+
+def test_a_bad_profile_file_exits_2_from_the_command_line(tmp_path):
+    result = run_main(env(BOT_PROFILES_PATH=write_profiles(tmp_path, {"a": {"BOGUS": 1}})))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "BOGUS" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OPENAI_VOICE", "nova"),
+        ("OPENAI_MODEL", "gpt-4o"),
+        ("OPENAI_MAX_OUTPUT_TOKENS", "5000"),
+        ("OPENAI_VAD_THRESHOLD", "loud"),
+        ("OPENAI_TURN_DETECTION", "push_to_talk"),
+    ],
+)
+def test_malformed_input_variables_fall_back_with_one_warning(caplog, name, value):
+    settings = load_settings(env())
+    default = settings.call_config(None, {})
+    with caplog.at_level(logging.WARNING):
+        call = settings.call_config(None, {name: value})
+    assert call == default
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and name in warnings[0].getMessage()
+
+
+def test_input_variables_that_parse_are_used():
+    call = load_settings(env()).call_config(
+        None,
+        {"OPENAI_MODEL": "gpt-realtime-2.1", "OPENAI_MAX_OUTPUT_TOKENS": "512", "DATA_ACTION_IDS": "a, b|c"},
+    )
+    assert (call.model, call.max_output_tokens, call.data_action_ids) == (
+        "gpt-realtime-2.1",
+        512,
+        ("a", "b", "c"),
+    )
+    assert (
+        load_settings(env()).call_config(None, {"OPENAI_MAX_OUTPUT_TOKENS": "INF"}).max_output_tokens == "inf"
+    )
+
+
+def test_temperature_is_accepted_ignored_and_logged(caplog):
+    with caplog.at_level(logging.INFO):
+        call = load_settings(env()).call_config(None, {"OPENAI_TEMPERATURE": "0.9"})
+    assert call == load_settings(env()).call_config(None, {})
+    assert any("OPENAI_TEMPERATURE is ignored" in r.getMessage() for r in caplog.records)
+
+
+def test_empty_values_turn_transcription_and_noise_reduction_off():
+    settings = load_settings(env(OPENAI_TRANSCRIPTION_MODEL="", OPENAI_NOISE_REDUCTION=""))
+    call = settings.call_config(None, {})
+    assert call.transcription_model is None and call.noise_reduction is None
+    assert load_settings(env()).call_config(None, {}).transcription_model == "gpt-4o-mini-transcribe"
+
+
+def test_environment_model_is_a_free_configuration_string():
+    assert load_settings(env(OPENAI_MODEL="gpt-live-1")).call_config(None, {}).model == "gpt-live-1"

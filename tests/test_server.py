@@ -204,6 +204,17 @@ async def test_disconnect_runs_the_close_transaction(start_app):
     assert sim.record.violations == []
 
 
+async def test_protocol_errors_before_any_call_still_carry_all_eleven_output_variables(start_app):
+    app = await start_app()
+    async with call(app) as sim:
+        await sim.send_raw("{oops")
+        disconnect = await sim.wait_disconnect(5)
+    variables = disconnect["parameters"]["outputVariables"]
+    assert len(variables) == 11 and all(isinstance(v, str) for v in variables.values())
+    assert variables["ESCALATION_REQUIRED"] == "true"
+    assert variables["ESCALATION_REASON"] == "technical problem: protocol error: malformed JSON"
+
+
 async def test_genesys_429_holds_bot_audio_for_retry_after_and_pings_still_answered(start_app):
     async def speak_later(handler):
         await asyncio.sleep(0.2)
@@ -393,7 +404,10 @@ async def test_bad_messages_get_disconnect_error_and_healthy_call_is_unaffected(
         disconnect = await bad.wait_disconnect(5)
         assert disconnect["parameters"]["reason"] == "error"
         assert info in disconnect["parameters"]["info"]
-        assert disconnect["parameters"]["outputVariables"] == {"RECORDED_BYTES": "0"}
+        assert disconnect["parameters"]["outputVariables"] == {
+            "RECORDED_BYTES": "0",
+            "FAILURE": f"protocol error: {disconnect['parameters']['info']}",
+        }
         assert bad.record.closed_at is not None  # our close was still answered
         await healthy.ping()
         await streaming
