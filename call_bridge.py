@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import time
@@ -39,7 +40,9 @@ from call_control import (
     summary_json,
 )
 from config import CallConfig, Settings
-from instructions import build_instructions
+from genesys_actions import DataActionTools, GenesysApi
+from instructions import ToolNote, build_instructions
+from mcp_tools import ApprovalPolicy
 from openai_client import (
     RealtimeConfig,
     RealtimeConnection,
@@ -64,6 +67,8 @@ MAX_APPEND_BYTES = 32_000  # buffered audio goes out in appends of at most this 
 RECYCLE_MARGIN_SECONDS = 120.0  # replace the OpenAI session this long before it expires
 ITEMS_TRACKED = 16
 LIMIT_CHECK_SECONDS = 1.0
+TOOLS_READY_WAIT = 3.0  # the first session.update waits this long for Data Action schemas
+FILLER = "A lookup is taking a moment. Tell the caller in a few words that you are still checking."
 FATAL_ERROR_CODES = frozenset({"beta_api_shape_disabled", "model_not_found", "invalid_api_key"})
 HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active", "input_audio_buffer_commit_empty"})
 OUT_OF_BAND = "summary"  # the purpose of the one response that runs outside the conversation
@@ -97,12 +102,14 @@ class CallBridge:
         settings: Settings,
         *,
         connector: Connector = RealtimeConnection.open,
+        data_tools: DataActionTools | None = None,
     ) -> None:
         self.link = link
         self.call = call
         self.settings = settings
         self.connector = connector
-        self.realtime = self._realtime_config()
+        self.data_tools = data_tools
+        self.approval: ApprovalPolicy = settings.mcp.approval
         self.usage = Usage()
         self.transcript = Transcript()
         self.gate = ResponseGate()
@@ -135,6 +142,10 @@ class CallBridge:
         self._resume = False
         self._digit_turns = 0
         self._buffer_full_warned: set[str] = set()
+        self._tools_ready = asyncio.Event()
+        self._tools_running = 0
+        self._mcp_items: dict[str, str] = {}  # MCP item id -> "label" or "label/tool", for logs
+        self.realtime = self._realtime_config()
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "session.created": self.on_session_created,
             "session.updated": self.on_session_updated,
@@ -147,6 +158,12 @@ class CallBridge:
             "response.output_audio.delta": self.on_audio_delta,
             "response.output_audio_transcript.done": self.on_bot_transcript,
             "response.function_call_arguments.done": self.on_function_call,
+            "response.output_item.added": self.on_output_item,
+            "response.output_item.done": self.on_output_item_done,
+            "mcp_list_tools.completed": self.on_mcp_event,
+            "mcp_list_tools.failed": self.on_mcp_event,
+            "response.mcp_call.completed": self.on_mcp_event,
+            "response.mcp_call.failed": self.on_mcp_event,
             "response.done": self.on_response_done,
             "rate_limits.updated": self.on_rate_limits,
             "error": self.on_error,
@@ -154,10 +171,14 @@ class CallBridge:
 
     def _realtime_config(self) -> RealtimeConfig:
         call = self.call
+        data = self.data_tools if self.data_tools is not None and self._tools_ready.is_set() else None
+        mcp_notes = [ToolNote(e["server_label"], e.get("server_description", "")) for e in call.mcp_tools]
         return RealtimeConfig(
             model=call.model,
             voice=call.voice,
-            instructions=build_instructions(call),
+            instructions=build_instructions(
+                call, data_tools=data.notes if data else (), mcp_servers=mcp_notes
+            ),
             turn_detection=call.turn_detection,
             vad_threshold=call.vad_threshold,
             vad_silence_ms=call.vad_silence_ms,
@@ -167,7 +188,7 @@ class CallBridge:
             transcription_language=None,
             noise_reduction=call.noise_reduction,
             max_output_tokens=call.max_output_tokens,
-            tools=CALL_CONTROL_TOOLS,
+            tools=(*CALL_CONTROL_TOOLS, *(data.definitions if data else ()), *call.mcp_tools),
         )
 
     # -- CallHandler -------------------------------------------------------------------------
@@ -178,6 +199,8 @@ class CallBridge:
                 self._tg = tg
                 tg.create_task(self._watch_limits(), name="limits")
                 tg.create_task(self._watch_dtmf(), name="dtmf")
+                if self.data_tools is not None:
+                    tg.create_task(self._prepare_tools(), name="data-actions")
                 await self._converse()
         except* CallFailed as failed:
             reason = str(failed.exceptions[0])
@@ -227,6 +250,11 @@ class CallBridge:
         while True:
             deadline = self.link.now() + self.settings.openai_reconnect_seconds
             conn = await self._connect(deadline)
+            if self.generation == 0 and self.data_tools is not None:
+                # Schemas are fetched while OpenAI connects; a slow Genesys adds them later.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(TOOLS_READY_WAIT):
+                        await self._tools_ready.wait()
             self._attach(conn)
             outcome = await self._pump(conn)
             await self._detach()
@@ -303,6 +331,17 @@ class CallBridge:
         self.caller_speaking = False
         if conn is not None:
             await conn.close()
+
+    async def _prepare_tools(self) -> None:
+        assert self.data_tools is not None
+        try:
+            await self.data_tools.prepare()
+        finally:
+            self._tools_ready.set()
+        self.realtime = self._realtime_config()
+        if self.conn is not None and self.data_tools.tools:
+            log.info("data actions ready after the call started; updating the session")
+            self._send(session_update(self.realtime, event_id=f"session-update-tools-{self.generation}"))
 
     async def _pump(self, conn: RealtimeConnection) -> str:
         while True:
@@ -402,6 +441,8 @@ class CallBridge:
         item = event.get("item") or {}
         if item.get("type") == "message" and isinstance(item.get("id"), str):
             self.transcript.add_item(item["id"], item.get("role", ""))
+        elif item.get("type") == "mcp_list_tools":
+            self._mcp_items[str(item.get("id"))] = str(item.get("server_label"))
 
     def on_caller_transcript(self, event: dict[str, Any]) -> None:
         text = event.get("transcript") or ""
@@ -468,9 +509,68 @@ class CallBridge:
             self._send(function_output(call_id, json.dumps({"ok": True})))
             self.finish(outcome_from_tool(name, arguments))
             return
+        if self.data_tools is not None and self.data_tools.handles(name):
+            self._spawn(self._run_tool(call_id, name, event.get("arguments", "")), f"tool-{name}")
+            return
         log.warning("the model called an unknown tool %r", name[:64])
         self._send(function_output(call_id, json.dumps({"error": f"there is no tool named {name}"})))
         self._request(response_create())
+
+    async def _run_tool(self, call_id: str, name: str, arguments: str) -> None:
+        """A Data Action, off the reader; a holding phrase if it is slow; then the model goes on."""
+        assert self.data_tools is not None
+        self._tools_running += 1
+        work = asyncio.ensure_future(self.data_tools.run(name, arguments))
+        try:
+            filler_after = self.settings.tool_filler_after_ms / 1000
+            if filler_after > 0:
+                done, _ = await asyncio.wait({work}, timeout=filler_after)
+                if not done and self.outcome is None:
+                    self._request(
+                        response_create(
+                            instructions=f"{self.realtime.instructions}\n\n{FILLER}", purpose="filler"
+                        )
+                    )
+            output = await work
+        finally:
+            work.cancel()
+            self._tools_running -= 1
+        self._send(function_output(call_id, output))
+        self.gate.discard("filler")
+        if self._tools_running == 0 and self.outcome is None:
+            self._request(response_create())
+
+    def on_output_item(self, event: dict[str, Any]) -> None:
+        item = event.get("item") or {}
+        if item.get("type") == "mcp_call":
+            self._mcp_items[str(item.get("id"))] = f"{item.get('server_label')}/{item.get('name')}"
+
+    def on_output_item_done(self, event: dict[str, Any]) -> None:
+        item = event.get("item") or {}
+        if item.get("type") != "mcp_approval_request":
+            return
+        label, tool = str(item.get("server_label")), str(item.get("name"))
+        approve = self.approval.approves(label, tool)
+        log.info("MCP approval request for %s/%s: %s", label, tool, "approved" if approve else "denied")
+        response: dict[str, Any] = {
+            "type": "mcp_approval_response",
+            "id": f"mcpr_{self.generation}_{item.get('id')}",
+            "approval_request_id": item.get("id"),
+            "approve": approve,
+        }
+        if not approve:
+            response["reason"] = "not approved for phone calls"
+        self._send({"type": "conversation.item.create", "item": response})
+        self._request(response_create())
+
+    def on_mcp_event(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        item_id = str(event.get("item_id"))
+        what = self._mcp_items.get(item_id, item_id)
+        if kind.endswith("failed"):
+            log.warning("MCP %s failed: %s", "tool listing" if kind.startswith("mcp_list") else "call", what)
+        else:
+            log.info("MCP %s completed: %s", "tool listing" if kind.startswith("mcp_list") else "call", what)
 
     def on_response_done(self, event: dict[str, Any]) -> None:
         response = event.get("response") or {}
@@ -603,11 +703,22 @@ class CallBridge:
         self._request(response_create())
 
 
-def make_bridge_factory(settings: Settings, *, connector: Connector = RealtimeConnection.open):
+def make_bridge_factory(
+    settings: Settings,
+    *,
+    connector: Connector = RealtimeConnection.open,
+    genesys_api: GenesysApi | None = None,
+):
     """The `HandlerFactory` the server uses: one bridge per (non-probe) call."""
 
     def factory(session, request) -> CallBridge:
         call = settings.call_config(session.connector_id, request.input_variables)
-        return CallBridge(session, call, settings, connector=connector)
+        data_tools = None
+        if call.data_action_ids:
+            if genesys_api is None:
+                log.warning("DATA_ACTION_IDS given but ENABLE_GENESYS_DATA_ACTIONS is off; no data actions")
+            else:
+                data_tools = DataActionTools(genesys_api, call.data_action_ids, call.data_action_descriptions)
+        return CallBridge(session, call, settings, connector=connector, data_tools=data_tools)
 
     return factory

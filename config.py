@@ -25,7 +25,10 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+import mcp_tools
+from genesys_actions import ApiSettings, region_domain
 from genesys_auth import ApiKey
+from mcp_tools import ApprovalPolicy
 from openai_client import VOICES
 
 log = logging.getLogger("config")
@@ -205,6 +208,7 @@ class CallConfig:
     transcription_model: str | None
     noise_reduction: str | None
     connector_id: str | None = None
+    mcp_tools: tuple[dict[str, Any], ...] = ()
 
 
 def _read_call_value(key: CallKey, raw: Any, *, from_input: bool = False) -> Any:
@@ -263,6 +267,14 @@ def resolve_call_config(
 
 
 @dataclass(frozen=True)
+class McpSettings:
+    enabled: bool = False
+    tools: tuple[dict[str, Any], ...] = ()  # from MCP_TOOLS_JSON or MCP_SERVERS_CONFIG_PATH
+    allowed_server_urls: frozenset[str] = frozenset()
+    approval: ApprovalPolicy = field(default_factory=ApprovalPolicy)
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str
     port: int
@@ -278,6 +290,9 @@ class Settings:
     idle_timeout_seconds: float = 120.0
     farewell_timeout_seconds: float = 10.0
     event_loop: str = "asyncio"  # or "uvloop"
+    genesys: ApiSettings | None = None  # None: Data Actions are off
+    mcp: McpSettings = field(default_factory=McpSettings)
+    tool_filler_after_ms: int = 1500
     # Per-call defaults from the environment (CallKey.attr -> value) and bot profiles.
     call_defaults: Mapping[str, Any] = field(default_factory=dict)
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -291,6 +306,11 @@ class Settings:
             out.append(key.key)
             if key.secret is not None:
                 out.append(base64.b64encode(key.secret).decode())
+        if self.genesys is not None:
+            out.append(self.genesys.client_secret)
+        out += mcp_tools.secrets(self.mcp.tools)
+        for profile in self.profiles.values():
+            out += mcp_tools.secrets(profile.get("mcp_tools", ()))
         return [s for s in out if s]
 
     def call_config(self, connector_id: str | None, input_variables: Mapping[str, str]) -> CallConfig:
@@ -435,7 +455,7 @@ def parse_api_keys(raw: str, shared_secret: bytes | None) -> tuple[ApiKey, ...]:
     return tuple(keys)
 
 
-def load_profiles(path: str) -> dict[str, dict[str, Any]]:
+def load_profiles(path: str, allowed_mcp_urls: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
     """`BOT_PROFILES_PATH`: a JSON object keyed by connector id, each a profile of per-call keys."""
     name = "BOT_PROFILES_PATH"
     try:
@@ -451,11 +471,107 @@ def load_profiles(path: str) -> dict[str, dict[str, Any]]:
         where = f"{name}: profile {connector_id!r}: "
         if not isinstance(profile, dict):
             raise ConfigError(f"{where}must be an object")
-        unknown = sorted(set(profile) - CALL_KEY_NAMES)
+        unknown = sorted(set(profile) - CALL_KEY_NAMES - {"MCP_TOOLS"})
         if unknown:
             raise ConfigError(f"{where}unknown key {unknown[0]}")
         profiles[connector_id] = _call_layer(profile, where)
+        if "MCP_TOOLS" in profile:
+            try:
+                entries = mcp_tools.validate_entries(profile["MCP_TOOLS"])
+            except ValueError as exc:
+                raise ConfigError(f"{where}MCP_TOOLS {exc}") from None
+            where_from = f"profile {connector_id}"
+            profiles[connector_id]["mcp_tools"] = mcp_tools.filter_allowed(
+                entries, allowed_mcp_urls, where_from
+            )
     return profiles
+
+
+def _genesys_settings(r: _Reader) -> ApiSettings | None:
+    enabled = r.boolean("ENABLE_GENESYS_DATA_ACTIONS", False)
+    region = r.string("GENESYS_REGION")
+    api_base = r.string("GENESYS_BASE_URL")
+    login_base = r.string("GENESYS_LOGIN_URL")
+    for name, url in (("GENESYS_BASE_URL", api_base), ("GENESYS_LOGIN_URL", login_base)):
+        if url is not None and not url.startswith(("https://", "http://")):
+            raise ConfigError(f"{name} must be an http(s) URL (got {url!r})")
+    if region is not None:
+        try:
+            domain = region_domain(region)
+        except ValueError as exc:
+            raise ConfigError(f"GENESYS_REGION must be {exc} (got {region!r})") from None
+        api_base = api_base or f"https://api.{domain}"
+        login_base = login_base or f"https://login.{domain}"
+    if api_base and not login_base and re.match(r"^https://api\.", api_base):
+        login_base = api_base.replace("https://api.", "https://login.", 1)
+    client_id = r.string("GENESYS_CLIENT_ID")
+    client_secret = r.string("GENESYS_CLIENT_SECRET", secret=True)
+    settings = dict(
+        http_timeout=r.number("GENESYS_HTTP_TIMEOUT_SECONDS", 10.0, 0.5, 120.0),
+        allowed_action_ids=frozenset(r.csv("GENESYS_ALLOWED_DATA_ACTION_IDS")),
+        max_tools_per_session=r.integer("GENESYS_MAX_TOOLS_PER_SESSION", 10, 0, 100),
+        max_action_calls_per_session=r.integer("GENESYS_MAX_ACTION_CALLS_PER_SESSION", 10, 0, 1000),
+        redaction_fields=r.csv("GENESYS_TOOL_OUTPUT_REDACTION_FIELDS"),
+        schema_cache_seconds=r.number("GENESYS_SCHEMA_CACHE_SECONDS", 300.0, 0.0, 86_400.0),
+        max_argument_bytes=r.integer("GENESYS_MAX_ARGUMENT_BYTES", 4096, 64, 1_000_000),
+        max_output_bytes=r.integer("GENESYS_MAX_TOOL_OUTPUT_BYTES", 8192, 256, 1_000_000),
+    )
+    if not enabled:
+        return None
+    if not client_id or not client_secret:
+        raise ConfigError(
+            "GENESYS_CLIENT_ID and GENESYS_CLIENT_SECRET are required with ENABLE_GENESYS_DATA_ACTIONS=true"
+        )
+    if not api_base or not login_base:
+        raise ConfigError(
+            "GENESYS_REGION (or GENESYS_BASE_URL and GENESYS_LOGIN_URL) is required "
+            "with ENABLE_GENESYS_DATA_ACTIONS=true"
+        )
+    return ApiSettings(
+        enabled=True,
+        client_id=client_id,
+        client_secret=client_secret,
+        api_base=api_base.rstrip("/"),
+        login_base=login_base.rstrip("/"),
+        **settings,
+    )
+
+
+def _mcp_settings(r: _Reader) -> McpSettings:
+    enabled = r.boolean("ENABLE_MCP_TOOLS", False)
+    raw_json = r.raw("MCP_TOOLS_JSON")
+    path = r.string("MCP_SERVERS_CONFIG_PATH")
+    if raw_json and path:
+        raise ConfigError("MCP_TOOLS_JSON and MCP_SERVERS_CONFIG_PATH: set only one of them")
+    name, text = ("MCP_TOOLS_JSON", raw_json) if raw_json else ("MCP_SERVERS_CONFIG_PATH", None)
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"MCP_SERVERS_CONFIG_PATH: cannot read {path} ({exc.strerror})") from None
+    entries: tuple[dict[str, Any], ...] = ()
+    if text:
+        try:
+            entries = mcp_tools.validate_entries(json.loads(text))
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+            raise ConfigError(f"{name} {exc}") from None
+    allowed = frozenset(r.csv("MCP_ALLOWED_SERVER_URLS"))
+    entries = mcp_tools.filter_allowed(entries, allowed, name)
+    r.report.append(("MCP_TOOLS_JSON", mcp_tools.describe(entries)))
+    policy = r.choice("MCP_APPROVAL_POLICY", "deny", ("deny", "approve"))
+    approved = frozenset(r.csv("MCP_APPROVED_TOOLS"))
+    if policy == "approve" and not approved:
+        raise ConfigError(
+            "MCP_APPROVAL_POLICY=approve needs MCP_APPROVED_TOOLS (tool or server_label:tool names)"
+        )
+    if entries and not enabled:
+        log.info("MCP servers are configured but ENABLE_MCP_TOOLS is false: not offered")
+    return McpSettings(
+        enabled=enabled,
+        tools=entries if enabled else (),
+        allowed_server_urls=allowed,
+        approval=ApprovalPolicy(policy, approved),
+    )
 
 
 def _event_loop(choice: str) -> str:
@@ -495,9 +611,16 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     idle_timeout = r.number("IDLE_TIMEOUT_SECONDS", 120.0, 1.0, 86_400.0)
     farewell_timeout = r.number("FAREWELL_TIMEOUT_SECONDS", 10.0, 0.5, 120.0)
     event_loop = _event_loop(r.choice("EVENT_LOOP", "auto", ("auto", "asyncio", "uvloop")))
+    genesys = _genesys_settings(r)
+    mcp = _mcp_settings(r)
+    filler = r.integer("TOOL_FILLER_AFTER_MS", 1500, 0, 60_000)
     call_defaults = r.call_defaults()
+    call_defaults["mcp_tools"] = mcp.tools
     profiles_path = r.string("BOT_PROFILES_PATH")
-    profiles = load_profiles(profiles_path) if profiles_path else {}
+    profiles = load_profiles(profiles_path, mcp.allowed_server_urls) if profiles_path else {}
+    if not mcp.enabled:
+        for profile in profiles.values():
+            profile.pop("mcp_tools", None)
     return Settings(
         host=host,
         port=port,
@@ -513,6 +636,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         idle_timeout_seconds=idle_timeout,
         farewell_timeout_seconds=farewell_timeout,
         event_loop=event_loop,
+        genesys=genesys,
+        mcp=mcp,
+        tool_filler_after_ms=filler,
         call_defaults=call_defaults,
         profiles=profiles,
         report=tuple(r.report),

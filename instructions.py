@@ -9,8 +9,10 @@ replaces the rules. The exact text is in docs/instructions.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from config import CallConfig
+if TYPE_CHECKING:
+    from config import CallConfig
 
 END_SUCCESS = "end_conversation_successfully"
 END_ESCALATION = "end_conversation_with_escalation"

@@ -25,6 +25,7 @@ from audiohook_server import AudioHookSession, HandlerFactory
 from call_bridge import make_bridge_factory
 from call_control import empty_output_variables
 from config import DEPRECATED_MODELS, ConfigError, Settings, load_settings, read_environment
+from genesys_actions import GenesysApi
 from genesys_auth import Authenticator, Failure
 from log_setup import configure_logging, session_id_var
 
@@ -59,7 +60,8 @@ class App:
         auth_failure_delay: float = AUTH_FAILURE_DELAY,
     ) -> None:
         self.settings = settings
-        self.handler_factory = handler_factory or make_bridge_factory(settings)
+        self.genesys_api = GenesysApi(settings.genesys) if settings.genesys is not None else None
+        self.handler_factory = handler_factory or make_bridge_factory(settings, genesys_api=self.genesys_api)
         self.default_outputs = default_outputs
         self.auth_failure_delay = auth_failure_delay
         self.authenticator = Authenticator(
@@ -122,6 +124,8 @@ class App:
             self.sessions.discard(session)
 
     async def start(self) -> Server:
+        if self.genesys_api is not None:
+            await self.genesys_api.start()
         self.server = await serve(
             self.handle,
             self.settings.host,
@@ -144,6 +148,8 @@ class App:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        if self.genesys_api is not None:
+            await self.genesys_api.close()
 
 
 def _json(connection: ServerConnection, status: http.HTTPStatus, body: dict) -> Response:

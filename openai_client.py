@@ -246,6 +246,14 @@ class ResponseGate:
         self.active = None
         return self._release()
 
+    def discard(self, purpose: str) -> None:
+        """Drop a queued request for this purpose (a holding phrase no longer needed)."""
+        if (
+            self.queued is not None
+            and (self.queued.get("response") or {}).get("metadata", {}).get("purpose") == purpose
+        ):
+            self.queued = None
+
     def rejected(self) -> None:
         """The server refused our create: it had a response running. Retry after that one."""
         if self.in_flight is not None and self.queued is None:

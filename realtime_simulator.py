@@ -679,8 +679,9 @@ class SimSession:
             )
             return
         body.setdefault("id", self.sim.new_id("item"))
-        body["object"] = "realtime.item"
-        body["status"] = "completed"
+        if kind in ("message", "function_call", "function_call_output"):
+            body["object"] = "realtime.item"
+            body["status"] = "completed"
         previous = self.items[-1].id if self.items else None
         self.items.append(
             SimItem(id=body["id"], type=kind or "", role=body.get("role"), call_id=body.get("call_id"))

@@ -143,3 +143,14 @@ def live_tasks() -> set:
 
     current = asyncio.current_task()
     return {t for t in asyncio.all_tasks() if t is not current and not t.done()}
+
+
+@pytest.fixture
+async def genesys_api():
+    """A fake Genesys Cloud API; fails the test if the debugging /test endpoint is called."""
+    from fake_genesys_api import FakeGenesysApi
+
+    api = await FakeGenesysApi().start()
+    yield api
+    await api.stop()
+    assert api.violations == []

@@ -248,3 +248,72 @@ def test_empty_values_turn_transcription_and_noise_reduction_off():
 
 def test_environment_model_is_a_free_configuration_string():
     assert load_settings(env(OPENAI_MODEL="gpt-live-1")).call_config(None, {}).model == "gpt-live-1"
+
+
+# -- MCP -------------------------------------------------------------------------------------
+
+MCP_ENTRY = {
+    "type": "mcp",
+    "server_label": "crm",
+    "server_url": "https://mcp.example.com/mcp",
+    "authorization": "tok-secret-1",
+}
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ("{}", "must be a JSON array"),
+        ("[{", "MCP_TOOLS_JSON"),
+        (json.dumps([{"type": "web_search_preview"}]), 'type must be "mcp"'),
+        (json.dumps([dict(MCP_ENTRY, color="blue")]), "unknown key color"),
+        (json.dumps([dict(MCP_ENTRY, server_label="has space")]), "server_label must be"),
+        (json.dumps([MCP_ENTRY, MCP_ENTRY]), "server_label crm is used twice"),
+        (json.dumps([dict(MCP_ENTRY, server_url="http://insecure.example.com")]), "https://"),
+        (json.dumps([dict(MCP_ENTRY, allowed_tools="lookup")]), "allowed_tools"),
+        (json.dumps([dict(MCP_ENTRY, require_approval="sometimes")]), "require_approval"),
+        (json.dumps([dict(MCP_ENTRY, headers={"X": 1})]), "headers must map strings"),
+    ],
+)
+def test_bad_mcp_entries_stop_start_up(entries, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env(ENABLE_MCP_TOOLS="true", MCP_TOOLS_JSON=entries))
+
+
+def test_mcp_settings(tmp_path):
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps([MCP_ENTRY]))
+    settings = load_settings(env(ENABLE_MCP_TOOLS="true", MCP_SERVERS_CONFIG_PATH=str(path)))
+    assert settings.mcp.tools == (MCP_ENTRY,)
+    assert "tok-secret-1" in settings.secrets()
+    assert settings.call_config(None, {}).mcp_tools == (MCP_ENTRY,)
+    assert load_settings(env(MCP_TOOLS_JSON=json.dumps([MCP_ENTRY]))).mcp.tools == ()  # not enabled
+    with pytest.raises(ConfigError, match="set only one"):
+        load_settings(env(MCP_TOOLS_JSON="[]", MCP_SERVERS_CONFIG_PATH=str(path)))
+    with pytest.raises(ConfigError, match="MCP_APPROVAL_POLICY=approve needs MCP_APPROVED_TOOLS"):
+        load_settings(env(MCP_APPROVAL_POLICY="approve"))
+
+
+def test_check_config_shows_mcp_servers_without_their_secrets():
+    result = run_main(env(ENABLE_MCP_TOOLS="true", MCP_TOOLS_JSON=json.dumps([MCP_ENTRY])), "--check-config")
+    assert result.returncode == 0
+    assert "MCP_TOOLS_JSON=crm=https://mcp.example.com/mcp" in result.stdout
+    assert "tok-secret-1" not in result.stdout
+
+
+def test_profiles_carry_their_own_mcp_servers_filtered_by_the_allowlist(tmp_path, caplog):
+    other = dict(MCP_ENTRY, server_label="other", server_url="https://other.example.com/mcp")
+    profiles = write_profiles(tmp_path, {"sales": {"MCP_TOOLS": [MCP_ENTRY, other]}, "bad": {}})
+    with caplog.at_level(logging.WARNING):
+        settings = load_settings(
+            env(
+                ENABLE_MCP_TOOLS="true",
+                BOT_PROFILES_PATH=profiles,
+                MCP_ALLOWED_SERVER_URLS="https://mcp.example.com/mcp",
+            )
+        )
+    assert settings.call_config("sales", {}).mcp_tools == (MCP_ENTRY,)
+    assert settings.call_config("bad", {}).mcp_tools == ()
+    assert any("other" in r.getMessage() and "dropped" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigError, match="MCP_TOOLS"):
+        load_settings(env(BOT_PROFILES_PATH=write_profiles(tmp_path, {"s": {"MCP_TOOLS": [{"type": "x"}]}})))
