@@ -216,3 +216,42 @@ async def test_mcp_approvals_are_denied_by_default(bridged):
     ]
     assert [a["approve"] for a in answers] == [False]
     assert sim.violations == []
+
+
+async def test_barge_in_still_works_while_an_action_runs(bridged, genesys_api):
+    genesys_api.actions["acct-1"] = FakeAction(ACCOUNT_SCHEMA, delay=4.0)
+    script = Script(
+        turns=[Turn(call=TOOL, arguments={"accountNumber": "12345"})],
+        filler=Turn(say="Please hold on while I look that up for you.", seconds=3.0),
+        default=Turn(say="Okay.", seconds=0.5),
+    )
+    app, sim = await bridged(script, TOOL_FILLER_AFTER_MS="200", **genesys_api.env())
+    async with new_call(app, input_variables={"DATA_ACTION_IDS": "acct-1"}) as call:
+        await call.open()
+        await call.stream(speech_like(1.0, seed=3) + silence(1.2))  # the holding phrase starts
+        await call.stream(speech_like(0.8, seed=5) + silence(1.5))  # the caller talks over it
+        await call.close()
+    assert len(call.record.events("barge_in")) == 1
+    assert len(sim.events_of("conversation.item.truncate")) == 1
+    assert sim.violations == [] and call.record.violations == []
+
+
+async def test_concurrent_calls_share_one_token_fetch(bridged, genesys_api):
+    genesys_api.actions["acct-1"] = FakeAction(ACCOUNT_SCHEMA, result={"status": "active"})
+    genesys_api.token_delay = 0.3
+    script = Script(
+        turns=[Turn(call=TOOL, arguments={"accountNumber": "12345"})] * 4,
+        default=Turn(say="Done.", seconds=0.3),
+    )
+    app, sim = await bridged(script, **genesys_api.env())
+
+    async def one_call():
+        async with new_call(app, input_variables={"DATA_ACTION_IDS": "acct-1"}) as call:
+            await call.open()
+            await call.stream(speech_like(1.0, seed=3) + silence(1.5))
+            await call.close()
+
+    await asyncio.gather(*(one_call() for _ in range(4)))
+    assert genesys_api.token_requests == 1
+    assert len(genesys_api.executions) == 4
+    assert sim.violations == []
