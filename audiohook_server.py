@@ -19,6 +19,7 @@ from typing import Protocol
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+import metrics as m
 from audiohook_protocol import (
     ClientMessage,
     OpenRequest,
@@ -30,6 +31,7 @@ from audiohook_protocol import (
 )
 from call_control import empty_output_variables
 from log_setup import conversation_id_var
+from metrics import Metrics
 from playout import Interruption, Playout
 
 log = logging.getLogger("audiohook")
@@ -41,6 +43,9 @@ READ_IDLE_TIMEOUT = 60.0  # nothing at all from Genesys (not even a ping) for th
 HANDLER_STOP_TIMEOUT = 5.0
 MAX_CONTROL_QUEUE = 256
 DEFAULT_RETRY_AFTER = 1.0
+SHUTDOWN_INFO = "server shutting down"
+
+Sent = Callable[[float], None]  # called with the loop time once a message is on the wire
 
 
 class CallHandler(Protocol):
@@ -70,21 +75,24 @@ class AudioHookSession:
         organization_id: str,
         connector_id: str | None,
         handler_factory: HandlerFactory,
+        metrics: Metrics,
         default_outputs: Callable[[str | None], dict[str, str]] = empty_output_variables,
     ) -> None:
         self.ws = ws
         self.session_id = session_id
         self.organization_id = organization_id.lower()
         self.connector_id = connector_id
+        self.metrics = metrics
         self.protocol = ServerProtocol(session_id)
         self.playout = Playout()
         self.open_request: OpenRequest | None = None
         self.handler: CallHandler | None = None
         self.end_reason: str | None = None
+        self.outcome: str | None = None  # for connector_calls_total
         self._handler_factory = handler_factory
         self._default_outputs = default_outputs
         self._loop = asyncio.get_running_loop()
-        self._control: deque[str] = deque()
+        self._control: deque[tuple[str, Sent | None]] = deque()
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()  # the control queue is empty and its last message was sent
         self._finished = asyncio.Event()
@@ -94,7 +102,7 @@ class AudioHookSession:
         self._playback_seen = False
         self._playback_idle = asyncio.Event()
         self._playback_idle.set()
-        self.last_receive = self._loop.time()
+        self.started = self._loop.time()
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -116,9 +124,9 @@ class AudioHookSession:
             except ConnectionClosed as exc:
                 if self.protocol.state is not State.CLOSED:
                     self.end_reason = self.end_reason or "genesys dropped the connection"
+                    self.outcome = self.outcome or m.GENESYS_DROPPED
                     log.warning("connection dropped without a close (code %s)", exc.rcvd and exc.rcvd.code)
                 return
-            self.last_receive = self._loop.time()
             if isinstance(message, str):
                 self._on_text(message)
             else:
@@ -138,6 +146,7 @@ class AudioHookSession:
             log.warning("no close from Genesys within %ss of our disconnect", CLOSE_WAIT)
         elif state is not State.CLOSED:
             self.end_reason = "genesys silent"
+            self.outcome = self.outcome or "error_genesys_silent"
             log.warning("nothing received from Genesys for %ss; ending the session", READ_IDLE_TIMEOUT)
 
     async def _release(self) -> None:
@@ -155,6 +164,7 @@ class AudioHookSession:
             self._writer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer_task
+        self.metrics.calls.labels(self.outcome or "unknown").inc()
         log.info(
             "session ended: %s (caller audio %d bytes)",
             self.end_reason or "closed",
@@ -170,6 +180,11 @@ class AudioHookSession:
             async with asyncio.timeout(HANDLER_STOP_TIMEOUT):
                 await task
 
+    async def shutdown(self) -> None:
+        """The server is going away: end this call properly, with the output variables."""
+        if self.protocol.state in (State.AWAITING_OPEN, State.OPEN):
+            await self.disconnect("error", SHUTDOWN_INFO, kind="shutdown")
+
     # -- from Genesys ------------------------------------------------------------------------
 
     def _on_text(self, text: str) -> None:
@@ -183,6 +198,8 @@ class AudioHookSession:
             handler(msg)
 
     def _on_binary(self, data: bytes) -> None:
+        self.metrics.frames_in.inc()
+        self.metrics.bytes_in.inc(len(data))
         try:
             audio = self.protocol.receive_audio(data)
         except ProtocolError as exc:
@@ -193,10 +210,12 @@ class AudioHookSession:
 
     def _violation(self, info: str) -> None:
         log.warning("protocol violation: %s", info)
+        self.metrics.errors.labels("protocol").inc()
         self.protocol.mark_violation()
         if self.protocol.state in (State.DISCONNECTING, State.CLOSED):
             return
         self.end_reason = f"protocol error: {info}"
+        self.outcome = "error_protocol"
         self._send_disconnect("error", info, self._outputs(f"protocol error: {info}"))
         self._cancel_handler()
 
@@ -206,15 +225,18 @@ class AudioHookSession:
         if request.organization_id != self.organization_id:
             log.warning("organization id in open does not match the upgrade request")
             self.end_reason = "organization mismatch"
+            self.outcome = m.UNAUTHORIZED
             outputs = self._outputs("organization mismatch")
             self._send_disconnect("unauthorized", "organization mismatch", outputs)
             return
         self.open_request = request
         conversation_id_var.set(request.conversation_id)
-        self._queue(self.protocol.opened())
+        received = self._loop.time()
+        self._queue(self.protocol.opened(), lambda sent: self.metrics.time_to_opened.observe(sent - received))
         if request.probe:
             log.info("connection probe answered")
             self.end_reason = "probe"
+            self.outcome = m.PROBE
             return
         log.info(
             "call opened: connector=%s media=%s input variables=%d",
@@ -230,13 +252,17 @@ class AudioHookSession:
             return
         if self.protocol.state is not State.DISCONNECTING:
             self.end_reason = self.end_reason or "caller hung up"
+            self.outcome = self.outcome or m.CALLER_HANGUP
         self._queue(self.protocol.closed())
         self._cancel_handler()
         self._finished.set()
         log.info("close answered (reason %s)", msg.parameters.get("reason", "-"))
 
     def _on_ping(self, msg: ClientMessage) -> None:
-        self._queue(self.protocol.pong(msg.seq))
+        received = self._loop.time()
+        self._queue(
+            self.protocol.pong(msg.seq), lambda sent: self.metrics.pong_latency.observe(sent - received)
+        )
 
     def _on_update(self, msg: ClientMessage) -> None:
         self._queue(self.protocol.updated())
@@ -244,6 +270,7 @@ class AudioHookSession:
     def _on_error(self, msg: ClientMessage) -> None:
         code = msg.parameters["code"]
         log.warning("Genesys reported error %s: %s", code, str(msg.parameters.get("message", ""))[:200])
+        self.metrics.errors.labels(f"genesys_{code}").inc()
         if code == 429:
             retry = msg.parameters.get("retryAfter")
             seconds = parse_duration(retry) if retry is not None else DEFAULT_RETRY_AFTER
@@ -269,11 +296,11 @@ class AudioHookSession:
 
     # -- to Genesys --------------------------------------------------------------------------
 
-    def _queue(self, text: str) -> None:
+    def _queue(self, text: str, on_sent: Sent | None = None) -> None:
         if len(self._control) >= MAX_CONTROL_QUEUE:
             self._give_up("control queue full")
             return
-        self._control.append(text)
+        self._control.append((text, on_sent))
         self._drained.clear()
         self._wake.set()
 
@@ -284,8 +311,11 @@ class AudioHookSession:
     async def _writer(self) -> None:
         while True:
             if self._control:
-                if not await self._send(self._control.popleft()):
+                text, on_sent = self._control.popleft()
+                if not await self._send(text):
                     return
+                if on_sent is not None:
+                    on_sent(self._loop.time())
                 continue
             self._drained.set()
             now = self._loop.time()
@@ -293,6 +323,8 @@ class AudioHookSession:
             if frame is not None:
                 if not await self._send(frame):
                     return
+                self.metrics.frames_out.inc()
+                self.metrics.bytes_out.inc(len(frame))
                 continue
             wake_at = self.playout.next_send_at(now)
             self._wake.clear()
@@ -317,7 +349,9 @@ class AudioHookSession:
     def _give_up(self, why: str) -> None:
         """The client is not reading: end the call without waiting on it."""
         log.warning("ending the session: %s", why)
+        self.metrics.errors.labels("backpressure").inc()
         self.end_reason = f"back-pressure: {why}"
+        self.outcome = "error_backpressure"
         self._control.clear()
         self.ws.transport.abort()
 
@@ -342,7 +376,7 @@ class AudioHookSession:
         except Exception:
             log.exception("call handler failed")
             self.end_reason = "internal error"
-            await self.disconnect("error", "internal error", self._outputs("internal error"))
+            await self.disconnect("error", "internal error", kind="internal")
 
     # -- bot side ----------------------------------------------------------------------------
 
@@ -372,6 +406,7 @@ class AudioHookSession:
         if not self.is_open or not self.playout.busy(now):
             return None
         self._queue(self.protocol.event([barge_in_entity()]))
+        self.metrics.barge_ins.inc()
         return self.playout.interrupt(now)
 
     def send_event(self, entity: dict) -> None:
@@ -387,15 +422,27 @@ class AudioHookSession:
             await self._playback_idle.wait()
 
     async def disconnect(
-        self, reason: str, info: str | None = None, output_variables: dict[str, str] | None = None
+        self,
+        reason: str,
+        info: str | None = None,
+        output_variables: dict[str, str] | None = None,
+        *,
+        kind: str = "openai",
     ) -> None:
-        """Run the close transaction: `disconnect`, then the client's `close`, then `closed`."""
+        """Run the close transaction: `disconnect`, then the client's `close`, then `closed`.
+
+        `kind` names the error for the call's outcome when the reason is `error`.
+        """
         if self.protocol.state in (State.DISCONNECTING, State.CLOSED):
             return
         self.end_reason = self.end_reason or f"disconnect {reason}" + (f": {info}" if info else "")
-        log.info("disconnecting: %s%s", reason, f" ({info})" if info else "")
         failure = info if reason != "completed" else None
         outputs = output_variables if output_variables is not None else self._outputs(failure)
+        if reason == "completed":
+            self.outcome = m.ESCALATED if outputs.get("ESCALATION_REQUIRED") == "true" else m.COMPLETED
+        else:
+            self.outcome = m.UNAUTHORIZED if reason == "unauthorized" else f"error_{kind}"
+        log.info("disconnecting: %s%s", reason, f" ({info})" if info else "")
         self._send_disconnect(reason, info, outputs)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_WAIT + 1):

@@ -43,6 +43,7 @@ from config import CallConfig, Settings
 from genesys_actions import DataActionTools, GenesysApi
 from instructions import ToolNote, build_instructions
 from mcp_tools import ApprovalPolicy
+from metrics import Metrics
 from openai_client import (
     RealtimeConfig,
     RealtimeConnection,
@@ -103,8 +104,10 @@ class CallBridge:
         *,
         connector: Connector = RealtimeConnection.open,
         data_tools: DataActionTools | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.link = link
+        self.metrics = metrics or Metrics()
         self.call = call
         self.settings = settings
         self.connector = connector
@@ -145,6 +148,7 @@ class CallBridge:
         self._tools_ready = asyncio.Event()
         self._tools_running = 0
         self._mcp_items: dict[str, str] = {}  # MCP item id -> "label" or "label/tool", for logs
+        self._speech_ended_at: float | None = None  # for the time to first bot audio
         self.realtime = self._realtime_config()
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "session.created": self.on_session_created,
@@ -262,6 +266,7 @@ class CallBridge:
                 log.warning("OpenAI connection lost; reconnecting")
             else:
                 log.info("replacing the OpenAI session before it expires")
+            self.metrics.openai_reconnects.labels(outcome).inc()
 
     async def _connect(self, deadline: float) -> RealtimeConnection:
         delay = 0.25
@@ -350,7 +355,7 @@ class CallBridge:
                     event = await conn.recv()
             except TimeoutError:
                 if self._quiet():
-                    return "recycle"
+                    return "recycled"
                 continue
             except ConnectionClosed:
                 return "dropped"
@@ -435,7 +440,8 @@ class CallBridge:
 
     def on_speech_stopped(self, event: dict[str, Any]) -> None:
         self.caller_speaking = False
-        self.limits.activity(self.link.now())
+        self._speech_ended_at = self.link.now()
+        self.limits.activity(self._speech_ended_at)
 
     def on_item_added(self, event: dict[str, Any]) -> None:
         item = event.get("item") or {}
@@ -484,6 +490,9 @@ class CallBridge:
             log.warning("OpenAI sent an audio delta that is not base64; ignored")
             return
         self._count_item_audio(item_id, len(audio))
+        if self._speech_ended_at is not None:
+            self.metrics.first_bot_audio.observe(self.link.now() - self._speech_ended_at)
+            self._speech_ended_at = None
         if not self.link.play(response_id, item_id, audio) and response_id not in self._buffer_full_warned:
             self._buffer_full_warned.add(response_id)
             log.warning("bot audio not queued (call ending or the per-call buffer is full)")
@@ -502,6 +511,7 @@ class CallBridge:
         call_id = event.get("call_id", "")
         arguments = parse_arguments(event.get("arguments", ""))
         if name in CALL_CONTROL_NAMES:
+            self.metrics.tool_calls.labels(name, "ok").inc()
             if self.outcome is not None:
                 note = {"ok": True, "note": "the call is already ending"}
                 self._send(function_output(call_id, json.dumps(note)))
@@ -513,6 +523,7 @@ class CallBridge:
             self._spawn(self._run_tool(call_id, name, event.get("arguments", "")), f"tool-{name}")
             return
         log.warning("the model called an unknown tool %r", name[:64])
+        self.metrics.tool_calls.labels("unknown", "error").inc()
         self._send(function_output(call_id, json.dumps({"error": f"there is no tool named {name}"})))
         self._request(response_create())
 
@@ -520,6 +531,7 @@ class CallBridge:
         """A Data Action, off the reader; a holding phrase if it is slow; then the model goes on."""
         assert self.data_tools is not None
         self._tools_running += 1
+        started = self.link.now()
         work = asyncio.ensure_future(self.data_tools.run(name, arguments))
         try:
             filler_after = self.settings.tool_filler_after_ms / 1000
@@ -531,10 +543,12 @@ class CallBridge:
                             instructions=f"{self.realtime.instructions}\n\n{FILLER}", purpose="filler"
                         )
                     )
-            output = await work
+            output, ok = await work
         finally:
             work.cancel()
             self._tools_running -= 1
+        self.metrics.tool_calls.labels(name, "ok" if ok else "error").inc()
+        self.metrics.tool_latency.labels(name).observe(self.link.now() - started)
         self._send(function_output(call_id, output))
         self.gate.discard("filler")
         if self._tools_running == 0 and self.outcome is None:
@@ -552,6 +566,7 @@ class CallBridge:
         label, tool = str(item.get("server_label")), str(item.get("name"))
         approve = self.approval.approves(label, tool)
         log.info("MCP approval request for %s/%s: %s", label, tool, "approved" if approve else "denied")
+        self.metrics.mcp_events.labels("approval_" + ("approved" if approve else "denied")).inc()
         response: dict[str, Any] = {
             "type": "mcp_approval_response",
             "id": f"mcpr_{self.generation}_{item.get('id')}",
@@ -565,6 +580,7 @@ class CallBridge:
 
     def on_mcp_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
+        self.metrics.mcp_events.labels(kind).inc()
         item_id = str(event.get("item_id"))
         what = self._mcp_items.get(item_id, item_id)
         if kind.endswith("failed"):
@@ -611,6 +627,7 @@ class CallBridge:
             raise CallFailed(f"OpenAI refused the session ({code or 'error'})")
         else:
             log.warning("OpenAI error %s: %s", code or error.get("type", "-"), message[:200])
+            self.metrics.errors.labels(f"openai_{code or error.get('type', 'error')}"[:64]).inc()
 
     # -- ending the call ---------------------------------------------------------------------
 
@@ -708,6 +725,7 @@ def make_bridge_factory(
     *,
     connector: Connector = RealtimeConnection.open,
     genesys_api: GenesysApi | None = None,
+    metrics: Metrics | None = None,
 ):
     """The `HandlerFactory` the server uses: one bridge per (non-probe) call."""
 
@@ -719,6 +737,8 @@ def make_bridge_factory(
                 log.warning("DATA_ACTION_IDS given but ENABLE_GENESYS_DATA_ACTIONS is off; no data actions")
             else:
                 data_tools = DataActionTools(genesys_api, call.data_action_ids, call.data_action_descriptions)
-        return CallBridge(session, call, settings, connector=connector, data_tools=data_tools)
+        return CallBridge(
+            session, call, settings, connector=connector, data_tools=data_tools, metrics=metrics
+        )
 
     return factory

@@ -289,6 +289,8 @@ class Settings:
     max_call_duration_seconds: float = 3600.0
     idle_timeout_seconds: float = 120.0
     farewell_timeout_seconds: float = 10.0
+    max_concurrent_calls: int = 500
+    shutdown_drain_seconds: float = 30.0
     event_loop: str = "asyncio"  # or "uvloop"
     genesys: ApiSettings | None = None  # None: Data Actions are off
     mcp: McpSettings = field(default_factory=McpSettings)
@@ -610,6 +612,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     max_duration = r.number("MAX_CALL_DURATION_SECONDS", 3600.0, 1.0, 86_400.0)
     idle_timeout = r.number("IDLE_TIMEOUT_SECONDS", 120.0, 1.0, 86_400.0)
     farewell_timeout = r.number("FAREWELL_TIMEOUT_SECONDS", 10.0, 0.5, 120.0)
+    max_calls = r.integer("MAX_CONCURRENT_CALLS", 500, 1, 100_000)
+    drain = r.number("SHUTDOWN_DRAIN_SECONDS", 30.0, 0.0, 3600.0)
     event_loop = _event_loop(r.choice("EVENT_LOOP", "auto", ("auto", "asyncio", "uvloop")))
     genesys = _genesys_settings(r)
     mcp = _mcp_settings(r)
@@ -635,6 +639,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         max_call_duration_seconds=max_duration,
         idle_timeout_seconds=idle_timeout,
         farewell_timeout_seconds=farewell_timeout,
+        max_concurrent_calls=max_calls,
+        shutdown_drain_seconds=drain,
         event_loop=event_loop,
         genesys=genesys,
         mcp=mcp,

@@ -30,6 +30,7 @@ import aiohttp
 import jsonschema
 
 from instructions import ToolNote
+from log_setup import SecretMasker
 
 log = logging.getLogger("data-actions")
 
@@ -174,9 +175,12 @@ class _Token:
 class GenesysApi:
     """The process-wide Genesys Cloud API client."""
 
-    def __init__(self, settings: ApiSettings, *, clock=time.monotonic) -> None:
+    def __init__(
+        self, settings: ApiSettings, *, clock=time.monotonic, masker: SecretMasker | None = None
+    ) -> None:
         self.settings = settings
         self._clock = clock
+        self._masker = masker
         self._session: aiohttp.ClientSession | None = None
         self._token = _Token()
         self._token_lock = asyncio.Lock()
@@ -223,6 +227,8 @@ class GenesysApi:
         if status != 200 or not isinstance(body, dict) or not body.get("access_token"):
             log.warning("Genesys OAuth refused the client credentials (HTTP %d)", status)
             raise ActionError(f"the Genesys login service refused the credentials (HTTP {status})")
+        if self._masker is not None:
+            self._masker.add(str(body["access_token"]))  # never printed from here on
         lifetime = float(body.get("expires_in") or 3600)
         margin = min(TOKEN_MARGIN_SECONDS, lifetime / 10)
         log.info("Genesys token obtained, valid %.0f s", lifetime)
@@ -444,8 +450,8 @@ class DataActionTools:
     def handles(self, name: str) -> bool:
         return name in self.tools
 
-    async def run(self, name: str, raw_arguments: str) -> str:
-        """The function output for the model: a JSON text, never an exception."""
+    async def run(self, name: str, raw_arguments: str) -> tuple[str, bool]:
+        """The function output for the model (a JSON text) and whether it worked; never raises."""
         tool = self.tools[name]
         started = time.monotonic()
         try:
@@ -454,9 +460,9 @@ class DataActionTools:
             log.info("data action %s failed in %.0f ms: %s", tool.action_id, _ms(started), exc)
             if exc.detail:
                 log.debug("data action %s failure detail: %s", tool.action_id, exc.detail)
-            return json.dumps({"error": exc.for_model()})
+            return json.dumps({"error": exc.for_model()}), False
         log.info("data action %s succeeded in %.0f ms", tool.action_id, _ms(started))
-        return result
+        return result, True
 
     async def _run(self, tool: ActionTool, raw_arguments: str) -> str:
         s = self.settings

@@ -1,14 +1,25 @@
-"""Logging: every line carries the session and conversation ids of the call it belongs to.
+"""Logging: every line carries the session and conversation ids, and no secret ever gets out.
 
 The ids live in context variables; asyncio copies the context into every task a session starts,
 so records created in any of its tasks carry them without loggers being passed around.
+
+`SecretMasker` sits in the formatter, after the whole line (exception text included) is built,
+so no logger, level or library can print a configured secret: API keys, client secrets, the
+OpenAI key, MCP credentials, and the OAuth tokens learned at run time.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextvars
+import datetime
+import json
 import logging
+import re
 import sys
+from collections import deque
+from collections.abc import Iterable
 
 session_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("session_id", default="-")
 conversation_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("conversation_id", default="-")
@@ -16,6 +27,9 @@ conversation_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("conve
 TEXT_FORMAT = (
     "%(asctime)s %(levelname)s %(name)s session=%(session_id)s conversation=%(conversation_id)s %(message)s"
 )
+MASK = "***"
+MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words
+MAX_RUNTIME_SECRETS = 16  # OAuth tokens: the last few are enough
 
 _base_factory = logging.getLogRecordFactory()
 
@@ -32,15 +46,87 @@ def install_call_context() -> None:
     logging.setLogRecordFactory(_record_with_call_ids)
 
 
-def configure_logging(level: str, fmt: str, stream=None) -> logging.Handler:
+class SecretMasker:
+    """Replaces every known secret in a finished log line."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._static: set[str] = set()
+        self._runtime: deque[str] = deque(maxlen=MAX_RUNTIME_SECRETS)
+        self._pattern: re.Pattern[str] | None = None
+        for secret in secrets:
+            self._static.update(_forms(secret))
+        self._compile()
+
+    def add(self, secret: str) -> None:
+        """A secret learned at run time (an OAuth token)."""
+        if len(secret) >= MIN_SECRET_CHARS and secret not in self._runtime:
+            self._runtime.append(secret)
+            self._compile()
+
+    def _compile(self) -> None:
+        values = sorted(
+            {s for s in self._static | set(self._runtime) if len(s) >= MIN_SECRET_CHARS},
+            key=len,
+            reverse=True,
+        )
+        self._pattern = re.compile("|".join(re.escape(v) for v in values)) if values else None
+
+    def mask(self, text: str) -> str:
+        return self._pattern.sub(MASK, text) if self._pattern is not None else text
+
+
+def _forms(secret: str) -> set[str]:
+    """The secret, and its base64-decoded text when it is printable (client secrets are base64)."""
+    forms = {secret}
+    try:
+        decoded = base64.b64decode(secret, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return forms
+    if decoded.isprintable():
+        forms.add(decoded)
+    return forms
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "session_id": getattr(record, "session_id", "-"),
+            "conversation_id": getattr(record, "conversation_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class MaskingFormatter(logging.Formatter):
+    def __init__(self, inner: logging.Formatter, masker: SecretMasker) -> None:
+        super().__init__()
+        self.inner = inner
+        self.masker = masker
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.masker.mask(self.inner.format(record))
+
+
+def configure_logging(
+    level: str, fmt: str, masker: SecretMasker | None = None, stream=None
+) -> logging.Handler:
     install_call_context()
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    inner = JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    handler.setFormatter(MaskingFormatter(inner, masker or SecretMasker()))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # The websockets library logs request headers (API keys included) at DEBUG.
+    # The websockets library logs request headers (API keys included) at DEBUG: masked anyway,
+    # and kept quiet.
     logging.getLogger("websockets").setLevel(logging.WARNING)
     return handler

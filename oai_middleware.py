@@ -1,14 +1,17 @@
 """Genesys Audio Connector <-> OpenAI Realtime voice connector: entry point and serving.
 
 One asyncio process serves the AudioHook WebSocket (`/audiohook`, `/audiohook/<connector-id>`)
-and plain HTTP (`/`, `/health`, `/ready`) on the same port. Genesys is authenticated before the
-upgrade completes; each accepted connection becomes an `AudioHookSession`.
+and plain HTTP (`/`, `/health`, `/ready`, `/metrics`) on the same port. Genesys is authenticated
+before the upgrade completes; each accepted connection becomes an `AudioHookSession`. SIGTERM or
+SIGINT drains: new calls are refused, calls in progress go on for `SHUTDOWN_DRAIN_SECONDS`, then
+the rest are ended with a proper `disconnect`; a second signal cuts the wait short.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http
 import json
 import logging
@@ -18,16 +21,19 @@ import urllib.parse
 from collections.abc import Callable
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.protocol import State as ConnectionState
 
 from audiohook_protocol import is_uuid
-from audiohook_server import AudioHookSession, HandlerFactory
+from audiohook_server import CLOSE_WAIT, AudioHookSession, HandlerFactory
 from call_bridge import make_bridge_factory
 from call_control import empty_output_variables
 from config import DEPRECATED_MODELS, ConfigError, Settings, load_settings, read_environment
 from genesys_actions import GenesysApi
 from genesys_auth import Authenticator, Failure
-from log_setup import configure_logging, session_id_var
+from log_setup import SecretMasker, configure_logging, session_id_var
+from metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("connector")
 
@@ -49,7 +55,7 @@ def is_audiohook_path(path: str) -> bool:
 
 
 class App:
-    """The connector: HTTP routing, upgrade authentication, and the registry of live sessions."""
+    """The connector: HTTP routing, upgrade authentication, the registry of live sessions, drain."""
 
     def __init__(
         self,
@@ -58,10 +64,11 @@ class App:
         handler_factory: HandlerFactory | None = None,
         default_outputs: Callable[[str | None], dict[str, str]] = empty_output_variables,
         auth_failure_delay: float = AUTH_FAILURE_DELAY,
+        metrics: Metrics | None = None,
+        masker: SecretMasker | None = None,
     ) -> None:
         self.settings = settings
-        self.genesys_api = GenesysApi(settings.genesys) if settings.genesys is not None else None
-        self.handler_factory = handler_factory or make_bridge_factory(settings, genesys_api=self.genesys_api)
+        self.metrics = metrics or Metrics()
         self.default_outputs = default_outputs
         self.auth_failure_delay = auth_failure_delay
         self.authenticator = Authenticator(
@@ -69,37 +76,67 @@ class App:
             allowed_organizations=settings.allowed_organization_ids,
             expected_authority=settings.expected_authority,
         )
+        self.genesys_api = (
+            GenesysApi(settings.genesys, masker=masker) if settings.genesys is not None else None
+        )
+        self.handler_factory = handler_factory or make_bridge_factory(
+            settings, genesys_api=self.genesys_api, metrics=self.metrics
+        )
         self.sessions: set[AudioHookSession] = set()
+        self.draining = False
         self.server: Server | None = None
+        self._admitting: set[ServerConnection] = set()  # authenticated, upgrade not finished yet
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # -- HTTP --------------------------------------------------------------------------------
+
+    def _full(self) -> bool:
+        # A handshake whose connection died before its session started holds no slot.
+        self._admitting = {c for c in self._admitting if c.state is not ConnectionState.CLOSED}
+        return len(self.sessions) + len(self._admitting) >= self.settings.max_concurrent_calls
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         session_id_var.set(_session_id(request))
         if path in ("/", "/health"):
-            return _json(connection, http.HTTPStatus.OK, {"status": "alive"})
+            return _json(http.HTTPStatus.OK, {"status": "alive"})
         if path == "/ready":
-            return self._ready(connection)
+            return self._ready()
+        if path == "/metrics":
+            return _response(http.HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE)
         if not is_audiohook_path(path):
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
+        if self.draining or self._full():
+            why = "draining" if self.draining else "at MAX_CONCURRENT_CALLS"
+            log.warning("upgrade refused: %s (HTTP 503)", why)
+            self.metrics.errors.labels("refused_" + ("draining" if self.draining else "capacity")).inc()
+            response = connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
+            response.headers["Retry-After"] = "5"
+            return response
         result = self.authenticator.check(request.path, request.headers)
         if result.ok:
+            self._admitting.add(connection)  # counts towards capacity until the session exists
             return None
-        log.warning(
-            "upgrade refused: %s (HTTP %d) from %s",
-            result.failure.value if result.failure else "-",
-            result.status,
-            _peer(connection),
-        )
+        failure = result.failure.value if result.failure else "-"
+        log.warning("upgrade refused: %s (HTTP %d) from %s", failure, result.status, _peer(connection))
+        self.metrics.auth_failures.labels(failure).inc()
         # A fixed delay blunts timing attacks; it only holds this request.
         await asyncio.sleep(self.auth_failure_delay)
         if result.failure in (Failure.MISSING_HEADER, Failure.MALFORMED_HEADER):
             return connection.respond(http.HTTPStatus.BAD_REQUEST, "Bad Request\n")
         return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
 
-    def _ready(self, connection: ServerConnection) -> Response:
-        return _json(connection, http.HTTPStatus.OK, {"status": "ready", "calls": len(self.sessions)})
+    def process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
+        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            self._admitting.discard(connection)  # the upgrade failed after all (not a WebSocket)
+
+    def _ready(self) -> Response:
+        body = {"status": "ready", "calls": len(self.sessions)}
+        if self.draining or self._full():
+            body["status"] = "draining" if self.draining else "full"
+            return _json(http.HTTPStatus.SERVICE_UNAVAILABLE, body)
+        return _json(http.HTTPStatus.OK, body)
 
     # -- WebSocket ---------------------------------------------------------------------------
 
@@ -115,13 +152,20 @@ class App:
             organization_id=headers["Audiohook-Organization-Id"],
             connector_id=connector_id_from_path(request.path),
             handler_factory=self.handler_factory,
+            metrics=self.metrics,
             default_outputs=self.default_outputs,
         )
+        self._admitting.discard(connection)
         self.sessions.add(session)
+        self._idle.clear()
+        self.metrics.active_calls.inc()
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
+            self.metrics.active_calls.dec()
+            if not self.sessions:
+                self._idle.set()
 
     async def start(self) -> Server:
         if self.genesys_api is not None:
@@ -131,6 +175,7 @@ class App:
             self.settings.host,
             self.settings.port,
             process_request=self.process_request,
+            process_response=self.process_response,
             max_size=MAX_WS_MESSAGE,
             ping_interval=None,  # AudioHook has its own ping/pong
             compression=None,
@@ -144,6 +189,24 @@ class App:
         assert self.server is not None
         return self.server.sockets[0].getsockname()[1]
 
+    async def drain(self, seconds: float, hurry: asyncio.Event) -> None:
+        """Refuse new calls, let calls in progress finish for `seconds` (or until `hurry`), then
+        end the rest with `disconnect` reason `error`, info `server shutting down`."""
+        self.draining = True
+        log.info("draining: %d calls in progress, up to %g s", len(self.sessions), seconds)
+        waiting = {asyncio.ensure_future(self._idle.wait()), asyncio.ensure_future(hurry.wait())}
+        try:
+            await asyncio.wait(waiting, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waiting:
+                task.cancel()
+        if self.sessions:
+            log.info("ending %d calls: server shutting down", len(self.sessions))
+            await asyncio.gather(*(s.shutdown() for s in list(self.sessions)), return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT + 3):
+                    await self._idle.wait()
+
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
@@ -152,11 +215,15 @@ class App:
             await self.genesys_api.close()
 
 
-def _json(connection: ServerConnection, status: http.HTTPStatus, body: dict) -> Response:
-    response = connection.respond(status, json.dumps(body) + "\n")
-    del response.headers["Content-Type"]
-    response.headers["Content-Type"] = "application/json"
-    return response
+def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers(
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+def _json(status: http.HTTPStatus, body: dict) -> Response:
+    return _response(status, (json.dumps(body) + "\n").encode(), "application/json")
 
 
 def _session_id(request: Request) -> str:
@@ -170,20 +237,28 @@ def _peer(connection: ServerConnection) -> str:
     return f"{address[0]}:{address[1]}" if address else "-"
 
 
-async def serve_until_signal(settings: Settings) -> None:
-    app = App(settings)
-    stop = asyncio.Event()
+async def serve_until_signal(settings: Settings, masker: SecretMasker) -> None:
+    app = App(settings, masker=masker)
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.info("second signal: ending calls now")
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await app.start()
     log.info("listening on %s:%d (%s event loop)", settings.host, app.port, settings.event_loop)
     model = settings.call_defaults.get("model", "gpt-realtime-mini")
     if model in DEPRECATED_MODELS:
         log.warning("OPENAI_MODEL %s is marked deprecated by OpenAI; consider gpt-realtime-2.1-mini", model)
     await stop.wait()
-    log.info("stopping")
+    await app.drain(settings.shutdown_drain_seconds, hurry)
     await app.stop()
+    log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,14 +278,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in settings.report:
             print(f"{name}={value}")
         return 0
-    configure_logging(settings.log_level, settings.log_format)
+    masker = SecretMasker(settings.secrets())
+    configure_logging(settings.log_level, settings.log_format, masker)
     loop_factory = None
     if settings.event_loop == "uvloop":
         import uvloop
 
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve_until_signal(settings))
+        runner.run(serve_until_signal(settings, masker))
     return 0
 
 

@@ -238,7 +238,8 @@ async def test_execute_sends_the_arguments_exactly_and_redacts_the_result(genesy
         GENESYS_TOOL_OUTPUT_REDACTION_FIELDS="customer.ssn,accounts.number,customer.address.zip,nope.x",
     )
     with caplog.at_level(logging.DEBUG, logger="data-actions"):
-        output = await tools.run(name, '{"accountNumber": "12345"}')
+        output, ok = await tools.run(name, '{"accountNumber": "12345"}')
+    assert ok
     assert genesys_api.executions == [("acct", {"accountNumber": "12345"})]
     result = json.loads(output)
     assert result["customer"] == {"name": "Jane Doe", "ssn": REDACTED, "address": {"zip": REDACTED}}
@@ -270,7 +271,7 @@ async def test_failures_give_the_model_a_short_error_and_retry_only_when_safe(
     genesys_api, client, mode, expected, executions
 ):
     tools, name = await prepared(genesys_api, client, FakeAction(ACCOUNT_SCHEMA, mode=mode, result={"ok": 1}))
-    output = json.loads(await tools.run(name, '{"accountNumber": "12345"}'))
+    output = json.loads((await tools.run(name, '{"accountNumber": "12345"}'))[0])
     if expected is None:
         assert output == {"ok": 1}
     else:
@@ -282,7 +283,7 @@ async def test_a_timeout_is_an_error_and_is_never_retried(genesys_api, client):
     tools, name = await prepared(
         genesys_api, client, FakeAction(ACCOUNT_SCHEMA, delay=2.0), GENESYS_HTTP_TIMEOUT_SECONDS="0.5"
     )
-    output = json.loads(await tools.run(name, '{"accountNumber": "12345"}'))
+    output = json.loads((await tools.run(name, '{"accountNumber": "12345"}'))[0])
     assert output == {"error": "the Genesys API did not answer in time"}
     assert len(genesys_api.executions) == 1
 
@@ -300,7 +301,7 @@ async def test_a_timeout_is_an_error_and_is_never_retried(genesys_api, client):
 )
 async def test_invalid_arguments_never_reach_genesys(genesys_api, client, arguments, error):
     tools, name = await prepared(genesys_api, client, FakeAction(ACCOUNT_SCHEMA))
-    output = json.loads(await tools.run(name, arguments))
+    output = json.loads((await tools.run(name, arguments))[0])
     assert output["error"].startswith(error)
     assert genesys_api.executions == []
 
@@ -309,7 +310,7 @@ async def test_the_per_call_cap_is_enforced(genesys_api, client):
     tools, name = await prepared(
         genesys_api, client, FakeAction(ACCOUNT_SCHEMA), GENESYS_MAX_ACTION_CALLS_PER_SESSION="2"
     )
-    outputs = [json.loads(await tools.run(name, '{"accountNumber": "1234"}')) for _ in range(3)]
+    outputs = [json.loads((await tools.run(name, '{"accountNumber": "1234"}'))[0]) for _ in range(3)]
     assert outputs[2] == {"error": "no more data lookups are allowed on this call"}
     assert len(genesys_api.executions) == 2
 
@@ -319,7 +320,7 @@ async def test_large_results_are_capped_and_stay_json(genesys_api, client):
     tools, name = await prepared(
         genesys_api, client, FakeAction(ACCOUNT_SCHEMA, result=big), GENESYS_MAX_TOOL_OUTPUT_BYTES="1000"
     )
-    output = await tools.run(name, '{"accountNumber": "1234"}')
+    output, _ = await tools.run(name, '{"accountNumber": "1234"}')
     assert len(output) <= 1000 and json.loads(output)["result_truncated"] is True
 
 

@@ -1,0 +1,96 @@
+"""Prometheus metrics, exposed on `/metrics`; every name starts with `connector_`.
+
+One `Metrics` object per connector (its own registry, no module-level state), passed to the
+sessions and bridges. Hot-path children (audio frames each way) are bound once.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Outcomes of a call, for connector_calls_total{outcome}.
+COMPLETED = "completed"
+ESCALATED = "escalated"
+CALLER_HANGUP = "caller_hangup"
+PROBE = "probe"
+GENESYS_DROPPED = "genesys_dropped"
+UNAUTHORIZED = "unauthorized"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.active_calls = Gauge(
+            "connector_active_calls", "Calls in progress (AudioHook sessions).", registry=r
+        )
+        self.calls = Counter(
+            "connector_calls",
+            "Calls ended, by outcome: completed, escalated, caller_hangup, probe, genesys_dropped, "
+            "unauthorized, or error_<kind>.",
+            ["outcome"],
+            registry=r,
+        )
+        frames = Counter(
+            "connector_audio_frames", "Binary audio frames, by direction.", ["direction"], registry=r
+        )
+        audio = Counter(
+            "connector_audio_bytes", "Audio bytes (PCMU), by direction.", ["direction"], registry=r
+        )
+        self.frames_in, self.frames_out = (
+            frames.labels("caller_to_connector"),
+            frames.labels("connector_to_caller"),
+        )
+        self.bytes_in, self.bytes_out = (
+            audio.labels("caller_to_connector"),
+            audio.labels("connector_to_caller"),
+        )
+        self.barge_ins = Counter("connector_barge_ins", "Caller barge-ins that cut bot audio.", registry=r)
+        self.tool_calls = Counter(
+            "connector_tool_calls",
+            "Tool calls by the model, by tool and result.",
+            ["tool", "result"],
+            registry=r,
+        )
+        self.mcp_events = Counter(
+            "connector_mcp_events", "Remote MCP events, by type.", ["event"], registry=r
+        )
+        self.openai_reconnects = Counter(
+            "connector_openai_reconnects",
+            "OpenAI sockets replaced, by reason (dropped, recycled).",
+            ["reason"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "connector_auth_failures", "Refused upgrade requests, by reason.", ["reason"], registry=r
+        )
+        self.errors = Counter("connector_errors", "Errors, by kind.", ["kind"], registry=r)
+        self.time_to_opened = Histogram(
+            "connector_time_to_opened_seconds",
+            "From the client's open to our opened on the wire.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.first_bot_audio = Histogram(
+            "connector_first_bot_audio_seconds",
+            "From the end of caller speech (as OpenAI reported it) to the first bot audio sent to Genesys.",
+            buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+            registry=r,
+        )
+        self.tool_latency = Histogram(
+            "connector_tool_latency_seconds",
+            "Data Action execution time, by tool.",
+            ["tool"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+            registry=r,
+        )
+        self.pong_latency = Histogram(
+            "connector_pong_latency_seconds",
+            "From a ping read to its pong on the wire.",
+            buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
