@@ -56,6 +56,7 @@ from openai_client import (
     lock_turns,
     response_create,
     session_update,
+    system_text,
     truncate,
     user_text,
 )
@@ -147,6 +148,7 @@ class CallBridge:
         self._buffer_full_warned: set[str] = set()
         self._tools_ready = asyncio.Event()
         self._tools_running = 0
+        self._late_results: list[dict[str, Any]] = []  # tool results for a replaced socket
         self._mcp_items: dict[str, str] = {}  # MCP item id -> "label" or "label/tool", for logs
         self._speech_ended_at: float | None = None  # for the time to first bot audio
         self.realtime = self._realtime_config()
@@ -300,6 +302,7 @@ class CallBridge:
         if restoring:
             for event in history_events(self.transcript):
                 conn.send(event)
+            self._deliver_late_results()
         self.ready = True
         pending, self._pending_audio = bytes(self._pending_audio), bytearray()
         self._dropped_warned = False
@@ -532,6 +535,7 @@ class CallBridge:
         assert self.data_tools is not None
         self._tools_running += 1
         started = self.link.now()
+        generation = self.generation
         work = asyncio.ensure_future(self.data_tools.run(name, arguments))
         try:
             filler_after = self.settings.tool_filler_after_ms / 1000
@@ -549,10 +553,25 @@ class CallBridge:
             self._tools_running -= 1
         self.metrics.tool_calls.labels(name, "ok" if ok else "error").inc()
         self.metrics.tool_latency.labels(name).observe(self.link.now() - started)
-        self._send(function_output(call_id, output))
+        if self.conn is not None and self.generation == generation:
+            self._send(function_output(call_id, output))
+        else:
+            # The OpenAI session that asked was replaced and never saw this call: tell the
+            # current one (or the next) what the tool returned.
+            self._late_results.append(
+                system_text(f"The tool {name}, called before a reconnection, returned: {output}")
+            )
+            self._deliver_late_results()
         self.gate.discard("filler")
         if self._tools_running == 0 and self.outcome is None:
             self._request(response_create())
+
+    def _deliver_late_results(self) -> None:
+        if self.conn is None:
+            self._resume = True
+            return
+        while self._late_results:
+            self._send(self._late_results.pop(0))
 
     def on_output_item(self, event: dict[str, Any]) -> None:
         item = event.get("item") or {}

@@ -157,6 +157,13 @@ def user_text(text: str) -> dict[str, Any]:
     }
 
 
+def system_text(text: str) -> dict[str, Any]:
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]},
+    }
+
+
 def assistant_text(text: str) -> dict[str, Any]:
     return {
         "type": "conversation.item.create",
