@@ -189,7 +189,8 @@ def _check_parameters(type_: str, params: dict[str, Any]) -> None:
             raise ProtocolError("error: message must be a string")
         _check_duration(params, "retryAfter", required=False, type_=type_)
     elif type_ == "dtmf":
-        if params.get("digit") not in DTMF_DIGITS:
+        digit = params.get("digit")
+        if not isinstance(digit, str) or digit not in DTMF_DIGITS:
             raise ProtocolError("dtmf: digit must be one of 0-9, *, #, A-D")
     elif type_ == "update":
         language = params.get("language")

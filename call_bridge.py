@@ -76,6 +76,22 @@ HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active", "input_audio_buf
 OUT_OF_BAND = "summary"  # the purpose of the one response that runs outside the conversation
 
 
+def _at(value: Any, *path: str) -> Any:
+    """A field deep in an event, or None when any step is missing or not an object.
+
+    Events come from a peer: a field of the wrong type reads as absent, never as a crash.
+    """
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
 class CallFailed(Exception):
     """The call cannot go on; the text goes in the `disconnect` info."""
 
@@ -394,19 +410,19 @@ class CallBridge:
     # -- server events -----------------------------------------------------------------------
 
     def handle(self, event: dict[str, Any]) -> None:
-        handler = self._handlers.get(event["type"])
+        handler = self._handlers.get(_text(event.get("type")))
         if handler is not None:
             handler(event)
 
     def on_session_created(self, event: dict[str, Any]) -> None:
-        expires_at = (event.get("session") or {}).get("expires_at")
-        if isinstance(expires_at, int | float) and expires_at > 0:
+        expires_at = _at(event, "session", "expires_at")
+        if isinstance(expires_at, int | float) and not isinstance(expires_at, bool) and expires_at > 0:
             lifetime = expires_at - time.time()
             margin = min(RECYCLE_MARGIN_SECONDS, max(lifetime, 0.0) / 4)
             self._recycle_at = self.link.now() + lifetime - margin
 
     def on_session_updated(self, event: dict[str, Any]) -> None:
-        output = (((event.get("session") or {}).get("audio") or {}).get("output") or {}).get("format")
+        output = _at(event, "session", "audio", "output", "format")
         kind = output.get("type") if isinstance(output, dict) else output
         if kind != "audio/pcmu":
             raise CallFailed(f"OpenAI output format is {kind!r}, not audio/pcmu")
@@ -447,33 +463,32 @@ class CallBridge:
         self.limits.activity(self._speech_ended_at)
 
     def on_item_added(self, event: dict[str, Any]) -> None:
-        item = event.get("item") or {}
-        if item.get("type") == "message" and isinstance(item.get("id"), str):
-            self.transcript.add_item(item["id"], item.get("role", ""))
-        elif item.get("type") == "mcp_list_tools":
-            self._mcp_items[str(item.get("id"))] = str(item.get("server_label"))
+        kind, item_id = _at(event, "item", "type"), _at(event, "item", "id")
+        if kind == "message" and isinstance(item_id, str):
+            self.transcript.add_item(item_id, _text(_at(event, "item", "role")))
+        elif kind == "mcp_list_tools":
+            self._mcp_items[str(item_id)] = str(_at(event, "item", "server_label"))
 
     def on_caller_transcript(self, event: dict[str, Any]) -> None:
-        text = event.get("transcript") or ""
-        self.transcript.set_text(event.get("item_id", ""), "user", text)
+        text = _text(event.get("transcript"))
+        self.transcript.set_text(_text(event.get("item_id")), "user", text)
         log.debug("caller: %s", text)
 
     def on_bot_transcript(self, event: dict[str, Any]) -> None:
-        item_id = event.get("item_id", "")
-        text = event.get("transcript") or ""
+        item_id = _text(event.get("item_id"))
+        text = _text(event.get("transcript"))
         self.transcript.set_text(item_id, "assistant", text)
         if item_id in self._heard:
             self.transcript.cut(item_id, self._heard[item_id])
         log.debug("assistant: %s", text)
 
     def on_response_created(self, event: dict[str, Any]) -> None:
-        response = event.get("response") or {}
-        response_id = response.get("id", "")
-        purpose = (response.get("metadata") or {}).get("purpose")
+        response_id = _text(_at(event, "response", "id"))
+        purpose = _at(event, "response", "metadata", "purpose")
         if purpose == OUT_OF_BAND:
             self._out_of_band.add(response_id)
             return
-        fmt = ((response.get("audio") or {}).get("output") or {}).get("format")
+        fmt = _at(event, "response", "audio", "output", "format")
         if isinstance(fmt, dict) and fmt.get("type") not in (None, "audio/pcmu"):
             raise CallFailed(f"OpenAI response format is {fmt.get('type')!r}, not audio/pcmu")
         if purpose == "farewell":
@@ -481,14 +496,14 @@ class CallBridge:
         self.gate.created(response_id)
 
     def on_audio_delta(self, event: dict[str, Any]) -> None:
-        response_id = event.get("response_id", "")
+        response_id = _text(event.get("response_id"))
         if response_id in self._stale or response_id in self._out_of_band:
             return
         if not self.format_ok:
             raise CallFailed("OpenAI sent audio before confirming audio/pcmu output")
-        item_id = event.get("item_id", "")
+        item_id = _text(event.get("item_id"))
         try:
-            audio = base64.b64decode(event.get("delta", ""), validate=True)
+            audio = base64.b64decode(_text(event.get("delta")), validate=True)
         except ValueError:
             log.warning("OpenAI sent an audio delta that is not base64; ignored")
             return
@@ -510,9 +525,10 @@ class CallBridge:
         self._item_bytes[item_id] = self._item_bytes.get(item_id, 0) + size
 
     def on_function_call(self, event: dict[str, Any]) -> None:
-        name = event.get("name", "")
-        call_id = event.get("call_id", "")
-        arguments = parse_arguments(event.get("arguments", ""))
+        name = _text(event.get("name"))
+        call_id = _text(event.get("call_id"))
+        raw_arguments = _text(event.get("arguments"))
+        arguments = parse_arguments(raw_arguments)
         if name in CALL_CONTROL_NAMES:
             self.metrics.tool_calls.labels(name, "ok").inc()
             if self.outcome is not None:
@@ -523,7 +539,7 @@ class CallBridge:
             self.finish(outcome_from_tool(name, arguments))
             return
         if self.data_tools is not None and self.data_tools.handles(name):
-            self._spawn(self._run_tool(call_id, name, event.get("arguments", "")), f"tool-{name}")
+            self._spawn(self._run_tool(call_id, name, raw_arguments), f"tool-{name}")
             return
         log.warning("the model called an unknown tool %r", name[:64])
         self.metrics.tool_calls.labels("unknown", "error").inc()
@@ -574,13 +590,13 @@ class CallBridge:
             self._send(self._late_results.pop(0))
 
     def on_output_item(self, event: dict[str, Any]) -> None:
-        item = event.get("item") or {}
-        if item.get("type") == "mcp_call":
+        item = _at(event, "item")
+        if _at(item, "type") == "mcp_call":
             self._mcp_items[str(item.get("id"))] = f"{item.get('server_label')}/{item.get('name')}"
 
     def on_output_item_done(self, event: dict[str, Any]) -> None:
-        item = event.get("item") or {}
-        if item.get("type") != "mcp_approval_request":
+        item = _at(event, "item")
+        if _at(item, "type") != "mcp_approval_request" or not isinstance(item.get("id"), str):
             return
         label, tool = str(item.get("server_label")), str(item.get("name"))
         approve = self.approval.approves(label, tool)
@@ -608,13 +624,14 @@ class CallBridge:
             log.info("MCP %s completed: %s", "tool listing" if kind.startswith("mcp_list") else "call", what)
 
     def on_response_done(self, event: dict[str, Any]) -> None:
-        response = event.get("response") or {}
-        response_id = response.get("id", "")
+        response = _at(event, "response")
+        if not isinstance(response, dict):
+            return
+        response_id = _text(response.get("id"))
         self.usage.add(response.get("usage"))
-        status = response.get("status")
-        if status == "failed":
-            details = (response.get("status_details") or {}).get("error") or {}
-            log.warning("OpenAI response failed: %s", details.get("code") or details.get("type") or "-")
+        if response.get("status") == "failed":
+            error = _at(response, "status_details", "error")
+            log.warning("OpenAI response failed: %s", _at(error, "code") or _at(error, "type") or "-")
         self._stale.discard(response_id)
         self._buffer_full_warned.discard(response_id)
         if response_id in self._out_of_band:
@@ -634,10 +651,11 @@ class CallBridge:
             log.debug("rate limits: %s", limits)
 
     def on_error(self, event: dict[str, Any]) -> None:
-        error = event.get("error") or {}
-        code = error.get("code")
-        message = str(error.get("message", ""))
-        event_id = error.get("event_id") or ""
+        error = _at(event, "error")
+        code = _at(error, "code")
+        code = code if isinstance(code, str) else None
+        message = _text(_at(error, "message"))
+        event_id = _text(_at(error, "event_id"))
         if code == "conversation_already_has_active_response":
             self.gate.rejected()
         elif code in HARMLESS_ERROR_CODES or "already shorter than" in message:
@@ -645,8 +663,9 @@ class CallBridge:
         elif code in FATAL_ERROR_CODES or event_id.startswith("session-update"):
             raise CallFailed(f"OpenAI refused the session ({code or 'error'})")
         else:
-            log.warning("OpenAI error %s: %s", code or error.get("type", "-"), message[:200])
-            self.metrics.errors.labels(f"openai_{code or error.get('type', 'error')}"[:64]).inc()
+            kind = code or _text(_at(error, "type")) or "error"
+            log.warning("OpenAI error %s: %s", kind, message[:200])
+            self.metrics.errors.labels(f"openai_{kind}"[:64]).inc()
 
     # -- ending the call ---------------------------------------------------------------------
 
@@ -690,10 +709,11 @@ class CallBridge:
         await self.link.disconnect("completed", None, self.output_variables())
 
     def _take_summary(self, response: dict[str, Any]) -> None:
+        output = response.get("output")
         texts = [
-            part.get("text") or part.get("transcript") or ""
-            for item in response.get("output") or []
-            for part in item.get("content") or []
+            _text(_at(part, "text")) or _text(_at(part, "transcript"))
+            for item in (output if isinstance(output, list) else [])
+            for part in (_at(item, "content") if isinstance(_at(item, "content"), list) else [])
         ]
         text = "".join(texts).strip()
         if response.get("status") == "completed" and text:

@@ -186,11 +186,9 @@ class Usage:
     output_audio: int = 0
 
     def add(self, usage: dict[str, Any] | None) -> None:
-        if not isinstance(usage, dict):
-            return
-        given = usage.get("input_token_details") or {}
-        cached = given.get("cached_tokens_details") or {}
-        out = usage.get("output_token_details") or {}
+        given = _object(usage, "input_token_details")
+        cached = _object(given, "cached_tokens_details")
+        out = _object(usage, "output_token_details")
         self.input_text += _int(given.get("text_tokens"))
         self.input_audio += _int(given.get("audio_tokens"))
         self.input_cached_text += _int(cached.get("text_tokens"))
@@ -207,6 +205,11 @@ class Usage:
             "TOTAL_OUTPUT_TEXT_TOKENS": str(self.output_text),
             "TOTAL_OUTPUT_AUDIO_TOKENS": str(self.output_audio),
         }
+
+
+def _object(parent: Any, key: str) -> dict[str, Any]:
+    value = parent.get(key) if isinstance(parent, dict) else None
+    return value if isinstance(value, dict) else {}
 
 
 def _int(value: Any) -> int:

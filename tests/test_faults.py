@@ -224,7 +224,7 @@ async def test_a_genesys_socket_dropped_without_close_releases_openai_and_everyt
 
 
 async def test_a_genesys_client_that_stops_reading_ends_cleanly_with_a_reason(bridged, caplog):
-    app, sim = await bridged(Script(default=Turn(say="Hello.", seconds=1.0)))
+    app, _sim = await bridged(Script(default=Turn(say="Hello.", seconds=1.0)))
     base = Baseline(app)
     sim_call = new_call(app)
     raw = socket.socket()
