@@ -6,7 +6,9 @@ sessions and bridges. Hot-path children (audio frames each way) are bound once.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import asyncio
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -25,6 +27,10 @@ class Metrics:
         self.active_calls = Gauge(
             "connector_active_calls", "Calls in progress (AudioHook sessions).", registry=r
         )
+        # connector_process_resident_memory_bytes, _open_fds, _cpu_seconds_total...: leaks show here.
+        ProcessCollector(namespace="connector", registry=r)
+        tasks = Gauge("connector_event_loop_tasks", "asyncio tasks alive (scraped on the loop).", registry=r)
+        tasks.set_function(lambda: len(asyncio.all_tasks()))
         self.calls = Counter(
             "connector_calls",
             "Calls ended, by outcome: completed, escalated, caller_hangup, probe, genesys_dropped, "
@@ -85,6 +91,12 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "connector_event_loop_lag_seconds",
+            "How late the event loop ran a timer (sampled every 100 ms): stalls show here first.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
         self.pong_latency = Histogram(
             "connector_pong_latency_seconds",
             "From a ping read to its pong on the wire.",
@@ -94,3 +106,12 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+async def watch_loop_lag(histogram: Histogram, interval: float = 0.1) -> None:
+    """Sleep `interval` over and over and record how late each wake-up is."""
+    loop = asyncio.get_running_loop()
+    while True:
+        expected = loop.time() + interval
+        await asyncio.sleep(interval)
+        histogram.observe(max(0.0, loop.time() - expected))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import http
 import json
 import logging
@@ -33,7 +34,7 @@ from config import DEPRECATED_MODELS, ConfigError, Settings, load_settings, read
 from genesys_actions import GenesysApi
 from genesys_auth import Authenticator, Failure
 from log_setup import SecretMasker, configure_logging, session_id_var
-from metrics import CONTENT_TYPE, Metrics
+from metrics import CONTENT_TYPE, Metrics, watch_loop_lag
 
 log = logging.getLogger("connector")
 
@@ -88,6 +89,7 @@ class App:
         self._admitting: set[ServerConnection] = set()  # authenticated, upgrade not finished yet
         self._idle = asyncio.Event()
         self._idle.set()
+        self._lag_watch: asyncio.Task[None] | None = None
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -170,6 +172,7 @@ class App:
     async def start(self) -> Server:
         if self.genesys_api is not None:
             await self.genesys_api.start()
+        self._lag_watch = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag), name="loop-lag")
         self.server = await serve(
             self.handle,
             self.settings.host,
@@ -208,6 +211,10 @@ class App:
                     await self._idle.wait()
 
     async def stop(self) -> None:
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_watch
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -261,6 +268,20 @@ async def serve_until_signal(settings: Settings, masker: SecretMasker) -> None:
     log.info("stopped")
 
 
+def tune_garbage_collector() -> None:
+    """Keep full collections rare and short on a busy connector.
+
+    Measured with bench/load.py at 500 calls: with CPython's defaults a full (generation 2)
+    collection ran every ~4 s, walked ~200,000 objects for ~140 ms and freed almost nothing,
+    stalling every call at once (event loop lag and pong p99 over 100 ms). Most of those objects
+    live for one message (futures, timer handles, coroutine frames): with a larger young
+    generation they die by reference counting before a collection promotes them, and full
+    collections all but stop. Objects created at start-up are frozen out of them altogether.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Genesys Audio Connector <-> OpenAI Realtime connector")
     parser.add_argument(
@@ -280,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     masker = SecretMasker(settings.secrets())
     configure_logging(settings.log_level, settings.log_format, masker)
+    tune_garbage_collector()
     loop_factory = None
     if settings.event_loop == "uvloop":
         import uvloop

@@ -168,16 +168,19 @@ class Script:
     default: Turn = field(default_factory=lambda: Turn(say="Sure, I can help with that."))
     farewell: Turn = field(default_factory=lambda: Turn(say="Thank you for calling. Goodbye!"))
     filler: Turn = field(default_factory=lambda: Turn(say="One moment, please."))
+    first: Turn | None = None  # every session's first ordinary answer (before `turns`)
     summary_text: str = json.dumps(DEFAULT_SUMMARY)
     summary_delay: float = 0.0
     caller_transcripts: list[str] = field(default_factory=list)
 
-    def answer(self, purpose: str | None, instructions: str | None) -> Turn:
+    def answer(self, purpose: str | None, instructions: str | None, first: bool = False) -> Turn:
         if purpose == "greeting":
             quoted = re.findall(r'"([^"]+)"', instructions or "")
             return Turn(say=quoted[-1] if quoted else "Hello! How can I help you today?")
         if purpose in ("farewell", "filler"):
             return self.farewell if purpose == "farewell" else self.filler
+        if first and self.first is not None:
+            return self.first
         return self.turns.pop(0) if self.turns else self.default
 
 
@@ -420,6 +423,7 @@ class SimSession:
         self._silent_ms = 0
         self._speech_start_ms = 0
         self._speech_item: str | None = None
+        self._answered = False  # an ordinary (VAD or plain) answer was given on this session
         self._tasks: set[asyncio.Task[None]] = set()
         self._send_lock = asyncio.Lock()
 
@@ -485,7 +489,8 @@ class SimSession:
             self.sim.violations.append("client sent a frame that is not JSON")
             await self.error("invalid_json", "The server could not parse the event as JSON.")
             return
-        self.received.append(event)
+        if self.sim.keep_audio or event.get("type") != "input_audio_buffer.append":
+            self.received.append(event)
         if self.sim.drop_on is not None and self.sim.drop_on(event):
             self.drop()
             return
@@ -830,7 +835,9 @@ class SimSession:
             if modalities == ["text"]:
                 await self._text_response(response)
                 return
-            turn = self.sim.script.answer(response.purpose, params.get("instructions"))
+            first = response.purpose is None and not self._answered
+            self._answered = self._answered or response.purpose is None
+            turn = self.sim.script.answer(response.purpose, params.get("instructions"), first)
             await asyncio.sleep(self.sim.response_delay)
             if turn.call:
                 await self._function_call_response(response, turn)

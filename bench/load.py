@@ -37,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tests"))  # the fake Genesys Cloud API
 
 MAGIC_CALLER = bytes([0x7F, 0x7E, 0x7F, 0x7E])
 MAGIC_BOT = bytes([0x7E, 0x7F, 0x7E, 0x7F])
@@ -80,6 +81,14 @@ def use_loop(name: str) -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+async def record_loop_lag(lags: list[float], interval: float = 0.1) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        expected = loop.time() + interval
+        await asyncio.sleep(interval)
+        lags.append(max(0.0, loop.time() - expected))
+
+
 # -- role: the Realtime simulator ------------------------------------------------------------
 
 
@@ -87,6 +96,21 @@ async def realtime_role(args: argparse.Namespace) -> dict:
     from realtime_simulator import RealtimeSimulator, Script, Turn
 
     script = Script(default=Turn(say="This is the answer of the simulated model.", seconds=args.bot_seconds))
+    genesys = None
+    if args.tool:
+        # Each call's first answer is a Data Action call, run against a fake Genesys Cloud API.
+        from fake_genesys_api import FakeAction, FakeGenesysApi
+
+        genesys = await FakeGenesysApi().start(args.genesys_port)
+        schema = {
+            "type": "object",
+            "title": "Bench Lookup",
+            "properties": {"accountNumber": {"type": "string"}},
+        }
+        genesys.actions["bench-lookup"] = FakeAction(
+            schema, result={"status": "active"}, delay=args.tool_delay
+        )
+        script.first = Turn(call="genesys_data_action_bench_lookup", arguments={"accountNumber": "12345"})
     sim = RealtimeSimulator(script, strict=False, speed=4.0)
     sim.keep_audio = False
     appends: list[tuple[float, int, int, int]] = []
@@ -114,6 +138,8 @@ async def realtime_role(args: argparse.Namespace) -> dict:
     sim.append_tap = append_tap
     sim.delta_tap = delta_tap
     await sim.start("127.0.0.1", args.port)
+    lags: list[float] = []
+    lag_task = asyncio.create_task(record_loop_lag(lags))
     print("ready", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -124,8 +150,12 @@ async def realtime_role(args: argparse.Namespace) -> dict:
         for r in s.responses
         if r.cancelled and r.id in response_index
     ]
+    lag_task.cancel()
     await sim.stop()
+    if genesys is not None:
+        await genesys.stop()
     return {
+        "loop_lag": lags,
         "appends": appends,
         "deltas": deltas,
         "emitted": {json.dumps(response_index[k]): v for k, v in emitted.items()},
@@ -138,6 +168,9 @@ async def realtime_role(args: argparse.Namespace) -> dict:
 
 
 async def callers_role(args: argparse.Namespace) -> list[dict]:
+    import itertools
+    import random
+
     from call_simulator import GenesysCall
     from utils import silence, speech_like
 
@@ -146,59 +179,59 @@ async def callers_role(args: argparse.Namespace) -> list[dict]:
     start = time.monotonic() + 0.5
     steady_at = start + args.ramp
     end_at = steady_at + args.duration
-    results: list[dict] = [{} for _ in range(args.calls)]
+    results: list[dict] = []
+    counter = itertools.count()
     opened = asyncio.Event()
-    opened_count = 0
+    first_round: set[int] = set()
+    variables = {"DATA_ACTION_IDS": "bench-lookup"} if args.tool else {}
 
-    async def one_call(i: int) -> None:
-        nonlocal opened_count
-        # Real calls have random phase: spread frame send times over the 200 ms period too.
-        phase = FRAME_BYTES / 8000 * ((i * 0.6180339887) % 1.0)
-        await asyncio.sleep(max(0.0, start + args.ramp * i / args.calls + phase - time.monotonic()))
+    async def one_call(index: int, slot: int, hang_up_at: float) -> dict:
         frames: list[tuple[float, int, list[int] | None]] = []
 
         def tap(now: float, data: bytes) -> None:
             mark = read_stamp(data, MAGIC_BOT)
             frames.append((now, len(data), list(mark) if mark else None))
 
-        call = GenesysCall(args.url, api_key=API_KEY, ping_interval=1.0, keep_audio=False, frame_tap=tap)
+        call = GenesysCall(
+            args.url,
+            api_key=API_KEY,
+            ping_interval=args.ping_interval,
+            keep_audio=False,
+            frame_tap=tap,
+            input_variables=variables,
+        )
         sent: list[tuple[float, int]] = []
-        result = results[i]
+        result: dict = {"index": index}
         try:
             await call.connect(timeout=30)
             await call.open(timeout=30)
-            opened_count += 1
-            if opened_count == args.calls:
+            first_round.add(slot)
+            if len(first_round) == args.calls:
                 opened.set()
-            k = 0
-            turns = 0
-            barge_from = None
+            k = turns = 0
             next_send = time.monotonic()
-            while time.monotonic() < end_at and call.record.disconnect is None:
+            while time.monotonic() < hang_up_at and call.record.disconnect is None:
                 offset = (k * FRAME_BYTES) % len(turn)
-                if offset == 0:
-                    turns += 1
-                    barge_from = None
+                turns += offset == 0
                 chunk = turn[offset : offset + FRAME_BYTES]
                 if args.barge_in_every and turns % args.barge_in_every == 0:
                     # Talk over the answer: speech where this turn would be listening.
                     at = offset - int(args.speak_seconds * 8000) - int(args.barge_after * 8000)
-                    if at >= 0 and at < len(barge):
-                        barge_from = barge_from if barge_from is not None else k
-                        chunk = barge[at : at + FRAME_BYTES]
-                frame = stamp(MAGIC_CALLER, i, k & 0xFFFF) + chunk[STAMP_BYTES:]
+                    if 0 <= at < len(barge):
+                        chunk = (barge[at : at + FRAME_BYTES] + chunk)[:FRAME_BYTES]
                 sent.append((time.monotonic(), k))
-                await call.send_audio(frame)
+                await call.send_audio(stamp(MAGIC_CALLER, index, k & 0xFFFF) + chunk[STAMP_BYTES:])
                 k += 1
                 next_send += FRAME_BYTES / 8000
                 await asyncio.sleep(max(0.0, next_send - time.monotonic()))
             # Let the last answer play out, then hang up.
             quiet_since = time.monotonic()
-            while time.monotonic() - quiet_since < 1.0 and time.monotonic() < end_at + 15:
+            while time.monotonic() - quiet_since < 1.0 and time.monotonic() < hang_up_at + 15:
                 last = call.record.audio_frames[-1][0] if call.record.audio_frames else 0
                 quiet_since = max(quiet_since, last)
                 await asyncio.sleep(0.1)
-            await call.close(timeout=10)
+            if call.record.disconnect is None:
+                await call.close(timeout=10)
         except Exception as exc:  # reported, never hidden
             result["error"] = f"{type(exc).__name__}: {exc}"
         finally:
@@ -209,15 +242,35 @@ async def callers_role(args: argparse.Namespace) -> list[dict]:
             pongs=call.record.pong_rtts,
             violations=call.record.violations,
             barge_ins=len(call.record.events("barge_in")),
+            barge_in_times=[t for t, _ in call.record.events("barge_in")],
             disconnect=call.record.disconnect,
         )
+        return result
 
-    tasks = [asyncio.create_task(one_call(i)) for i in range(args.calls)]
+    async def slot(n: int) -> None:
+        """One line: a call, and with churn, the next call soon after it hangs up."""
+        rng = random.Random(n)
+        # Real calls have random phase: spread frame send times over the 200 ms period too.
+        phase = FRAME_BYTES / 8000 * ((n * 0.6180339887) % 1.0)
+        begin = start + args.ramp * n / args.calls + phase
+        while begin < end_at:
+            await asyncio.sleep(max(0.0, begin - time.monotonic()))
+            length = rng.uniform(args.churn_min, args.churn_max) if args.churn_max else end_at - begin
+            results.append(await one_call(next(counter), n, min(end_at, time.monotonic() + length)))
+            begin = time.monotonic() + rng.uniform(0.2, 1.0)
+            if not args.churn_max:
+                break
+
+    lags: list[float] = []
+    lag_task = asyncio.create_task(record_loop_lag(lags))
+    tasks = [asyncio.create_task(slot(n)) for n in range(args.calls)]
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(args.ramp + 30):
             await opened.wait()
     print(f"steady {time.monotonic() if opened.is_set() else 0.0} {steady_at} {end_at}", flush=True)
     await asyncio.gather(*tasks)
+    lag_task.cancel()
+    results.append({"loop_lag": lags})  # the last entry: the callers process itself
     return results
 
 
@@ -263,16 +316,29 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def analyse(callers: list[dict], realtime: dict, steady: float, end: float, calls: int) -> dict:
-    sent_at = {(i, k & 0xFFFF): t for i, c in enumerate(callers) for t, k in c.get("sent", [])}
+    sent_at = {(c["index"], k & 0xFFFF): t for c in callers for t, k in c.get("sent", [])}
     caller_latency = []
-    received_bytes = [0] * len(callers)
+    received_bytes: dict[int, int] = {}
     for t, i, k, size in realtime["appends"]:
-        if i < len(received_bytes):
-            received_bytes[i] += size
+        received_bytes[i] = received_bytes.get(i, 0) + size
         if size == FRAME_BYTES and (i, k) in sent_at and steady <= sent_at[(i, k)] <= end:
             caller_latency.append(t - sent_at[(i, k)])
-    sent_bytes = [FRAME_BYTES * len(c.get("sent", [])) for c in callers]
-    caller_lost = sum(max(0, s - r) for s, r in zip(sent_bytes, received_bytes, strict=True)) // FRAME_BYTES
+    caller_lost = (
+        sum(max(0, FRAME_BYTES * len(c.get("sent", [])) - received_bytes.get(c["index"], 0)) for c in callers)
+        // FRAME_BYTES
+    )
+    if os.environ.get("BENCH_DEBUG"):
+        for c in callers:
+            got = received_bytes.get(c["index"], 0)
+            if got != FRAME_BYTES * len(c.get("sent", [])):
+                print(
+                    "debug caller",
+                    c["index"],
+                    len(c["sent"]) * FRAME_BYTES,
+                    got,
+                    c.get("disconnect"),
+                    file=sys.stderr,
+                )
 
     deltas: dict[tuple[int, int], list[tuple[float, int]]] = {}
     for t, s, r, cumulative in realtime["deltas"]:
@@ -288,7 +354,11 @@ def analyse(callers: list[dict], realtime: dict, steady: float, end: float, call
             if responses:
                 responses[-1][1].append((t, size))
         interrupted += c.get("barge_ins", 0)
-        for key, frames in responses:
+        cuts = c.get("barge_in_times", [])
+        starts = [frames[0][0] for _, frames in responses] + [float("inf")]
+        for n, (key, frames) in enumerate(responses):
+            # A barge-in during an answer drops the rest of it on purpose: not a loss.
+            cut_short = any(starts[n] <= t < starts[n + 1] for t in cuts)
             stream = deltas.get(key, [])
             if not stream or not (steady <= frames[0][0] <= end):
                 continue
@@ -305,7 +375,7 @@ def analyse(callers: list[dict], realtime: dict, steady: float, end: float, call
                 bot_latency.append(t - (available if previous is None else max(available, due)))
                 offset += size
                 previous = t
-            if key not in cancelled and key in emitted:
+            if key not in cancelled and key in emitted and not cut_short:
                 bot_lost += max(0, emitted[key] - offset) // FRAME_BYTES
     pongs = [p for c in callers for p in c.get("pongs", [])]
     return {
@@ -326,27 +396,82 @@ def analyse(callers: list[dict], realtime: dict, steady: float, end: float, call
     }
 
 
+def scrape(port: int) -> dict[str, float]:
+    """The connector's own /metrics, as {name{labels}: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def histogram_p99(metrics: dict[str, float], name: str) -> float:
+    """The upper bound of the bucket holding the 99th percentile (over the whole run)."""
+    buckets = sorted(
+        (float(k.split('le="')[1].split('"')[0]), v)
+        for k, v in metrics.items()
+        if k.startswith(name + "_bucket")
+    )
+    total = buckets[-1][1] if buckets else 0
+    return (
+        next((le for le, count in buckets if count >= 0.99 * total), float("nan")) if total else float("nan")
+    )
+
+
+def sum_of(metrics: dict[str, float], prefix: str, contains: str = "") -> float:
+    return sum(v for k, v in metrics.items() if k.startswith(prefix) and contains in k)
+
+
+def idle_state(port: int, timeout: float = 60.0) -> dict[str, float]:
+    """Tasks and file descriptors once no call is left (a leak shows as growth between two)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = scrape(port)
+        if metrics.get("connector_active_calls", 0) == 0 or time.monotonic() > deadline:
+            time.sleep(1.0)  # let closing sockets finish
+            metrics = scrape(port)
+            return {
+                "tasks": metrics["connector_event_loop_tasks"],
+                "fds": metrics["connector_process_open_fds"],
+            }
+        time.sleep(0.5)
+
+
+def role(me: list[str], args: argparse.Namespace, name: str, out: Path, **extra: object) -> list[str]:
+    argv = [*me, "--role", name, "--out", str(out), "--loop", args.loop]
+    for key in (
+        "calls",
+        "duration",
+        "ramp",
+        "speak_seconds",
+        "turn_seconds",
+        "bot_seconds",
+        "barge_in_every",
+        "barge_after",
+        "ping_interval",
+        "churn_min",
+        "churn_max",
+        "tool_delay",
+    ):
+        argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    if args.tool:
+        argv.append("--tool")
+    for key, value in extra.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return pinned(1, argv)
+
+
 def orchestrate(args: argparse.Namespace) -> dict:
+    from fake_genesys_api import CLIENT_ID, CLIENT_SECRET
+
     work = Path(tempfile.mkdtemp(prefix="bench-load-"))
-    realtime_port, connector_port = free_port(), free_port()
+    realtime_port, connector_port, genesys_port = free_port(), free_port(), free_port()
     me = [sys.executable, str(Path(__file__).resolve())]
-    common = ["--loop", args.loop]
     realtime = subprocess.Popen(
-        pinned(
-            1,
-            [
-                *me,
-                "--role",
-                "realtime",
-                "--port",
-                str(realtime_port),
-                "--out",
-                str(work / "realtime.json"),
-                "--bot-seconds",
-                str(args.bot_seconds),
-                *common,
-            ],
-        ),
+        role(me, args, "realtime", work / "realtime.json", port=realtime_port, genesys_port=genesys_port),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -364,43 +489,30 @@ def orchestrate(args: argparse.Namespace) -> dict:
         "LOG_LEVEL": "WARNING",
         "MAX_CONCURRENT_CALLS": str(args.calls + 10),
         "EVENT_LOOP": args.loop,
+        "IDLE_TIMEOUT_SECONDS": "600",
     }
+    if args.tool:
+        env.update(
+            ENABLE_GENESYS_DATA_ACTIONS="true",
+            GENESYS_CLIENT_ID=CLIENT_ID,
+            GENESYS_CLIENT_SECRET=CLIENT_SECRET,
+            GENESYS_BASE_URL=f"http://127.0.0.1:{genesys_port}",
+            GENESYS_LOGIN_URL=f"http://127.0.0.1:{genesys_port}",
+        )
     log_file = open(work / "connector.log", "w")
     connector = subprocess.Popen(
         pinned(0, [sys.executable, str(ROOT / "oai_middleware.py")]), env=env, stderr=log_file, cwd=work
     )
     stats = ProcessStats(connector.pid)
+    samples: list[dict[str, float]] = []
     try:
         wait_http(f"http://127.0.0.1:{connector_port}/health")
         time.sleep(0.5)
         baseline_rss = stats.memory()
+        idle_before = idle_state(connector_port)
         callers = subprocess.Popen(
-            pinned(
-                1,
-                [
-                    *me,
-                    "--role",
-                    "callers",
-                    "--url",
-                    f"ws://127.0.0.1:{connector_port}/audiohook",
-                    "--calls",
-                    str(args.calls),
-                    "--duration",
-                    str(args.duration),
-                    "--ramp",
-                    str(args.ramp),
-                    "--out",
-                    str(work / "callers.json"),
-                    "--speak-seconds",
-                    str(args.speak_seconds),
-                    "--turn-seconds",
-                    str(args.turn_seconds),
-                    "--barge-in-every",
-                    str(args.barge_in_every),
-                    "--barge-after",
-                    str(args.barge_after),
-                    *common,
-                ],
+            role(
+                me, args, "callers", work / "callers.json", url=f"ws://127.0.0.1:{connector_port}/audiohook"
             ),
             stdout=subprocess.PIPE,
             text=True,
@@ -416,14 +528,29 @@ def orchestrate(args: argparse.Namespace) -> dict:
         generator_start = sum(g.cpu() for g in generators)
         cpu_start, t_start = stats.cpu(), time.monotonic()
         peak_rss = stats.memory()
+        next_sample = t_start
         while time.monotonic() < end:
             peak_rss = max(peak_rss, stats.memory())
+            if args.sample_every and time.monotonic() >= next_sample:
+                metrics = scrape(connector_port)
+                samples.append(
+                    {
+                        "t": time.monotonic() - t_start,
+                        "rss_mib": stats.memory() / 2**20,
+                        "calls": metrics["connector_active_calls"],
+                        "tasks": metrics["connector_event_loop_tasks"],
+                        "fds": metrics["connector_process_open_fds"],
+                    }
+                )
+                next_sample += args.sample_every
             time.sleep(0.25)
         cpu_end, t_end = stats.cpu(), time.monotonic()
         generator_cpu = sum(g.cpu() for g in generators) - generator_start
         callers.wait(timeout=args.duration + 120)
+        final = scrape(connector_port)
+        idle_after = idle_state(connector_port)
         realtime.send_signal(signal.SIGTERM)
-        realtime.wait(timeout=30)
+        realtime.wait(timeout=60)
         hwm = stats.memory("VmHWM")
     finally:
         connector.send_signal(signal.SIGTERM)
@@ -431,26 +558,41 @@ def orchestrate(args: argparse.Namespace) -> dict:
             connector.wait(timeout=40)
         connector.kill()
         log_file.close()
-    result = analyse(
-        json.loads((work / "callers.json").read_text()),
-        json.loads((work / "realtime.json").read_text()),
-        steady,
-        end,
-        args.calls,
-    )
-    minutes = args.calls * (t_end - t_start) / 60
+    callers_data = json.loads((work / "callers.json").read_text())
+    callers_lag = callers_data.pop()["loop_lag"]
+    realtime_data = json.loads((work / "realtime.json").read_text())
+    result = analyse(callers_data, realtime_data, steady, end, args.calls)
+    call_minutes = args.calls * (t_end - t_start) / 60
     log_lines = (work / "connector.log").read_text().splitlines()
     result.update(
         calls=args.calls,
+        calls_placed=len(callers_data),
         window_s=t_end - t_start,
         loop=args.loop,
-        cpu_s_per_call_minute=(cpu_end - cpu_start) / minutes,
+        cpu_s_per_call_minute=(cpu_end - cpu_start) / call_minutes,
         cpu_utilisation=(cpu_end - cpu_start) / (t_end - t_start),
         generator_utilisation=generator_cpu / (t_end - t_start),
         baseline_rss_mib=baseline_rss / 2**20,
         peak_rss_mib=max(peak_rss, hwm) / 2**20,
         rss_per_call_kib=(peak_rss - baseline_rss) / args.calls / 1024,
         connector_warnings=sum(1 for line in log_lines if " WARNING " in line or " ERROR " in line),
+        connector_warning_lines=[line for line in log_lines if " WARNING " in line or " ERROR " in line][:10],
+        tool_calls_ok=sum_of(final, "connector_tool_calls_total", 'result="ok"'),
+        tool_calls_failed=sum_of(final, "connector_tool_calls_total", 'result="error"'),
+        connector_barge_ins=final.get("connector_barge_ins_total", 0),
+        outcomes={k.split('"')[1]: v for k, v in final.items() if k.startswith("connector_calls_total")},
+        loop_lag_p99_ms={
+            "connector": histogram_p99(final, "connector_event_loop_lag_seconds") * 1000,
+            "realtime_simulator": percentile(realtime_data["loop_lag"], 99) * 1000,
+            "call_simulators": percentile(callers_lag, 99) * 1000,
+        },
+        loop_lag_max_ms={
+            "realtime_simulator": max(realtime_data["loop_lag"], default=0) * 1000,
+            "call_simulators": max(callers_lag, default=0) * 1000,
+        },
+        idle_before=idle_before,
+        idle_after=idle_after,
+        samples=samples,
         pinned=bool(shutil.which("taskset")),
     )
     return result
@@ -475,18 +617,32 @@ def report(r: dict) -> None:
         f"bot first audio after delta   p50 {r['bot_first_audio_ms'][0]:.2f} ms  p99 {r['bot_first_audio_ms'][1]:.2f} ms"
     )
     print(f"pong round trip               p99 {r['pong_p99_ms']:.2f} ms  max {r['pong_max_ms']:.2f} ms")
+    lag, top = r["loop_lag_p99_ms"], r["loop_lag_max_ms"]
+    print(
+        f"event loop lag p99            connector <= {lag['connector']:.1f} ms, realtime sim {lag['realtime_simulator']:.1f} ms"
+        f" (max {top['realtime_simulator']:.0f}), call sims {lag['call_simulators']:.1f} ms (max {top['call_simulators']:.0f})"
+    )
     print(
         f"frames lost                   caller->OpenAI {r['frames_lost_caller_to_openai']}  bot->caller {r['frames_lost_bot_to_caller']}"
     )
     print(f"late bot frames (underruns)   {r['late_bot_frames']}")
-    print(f"barge-ins                     {r['barge_ins']}")
+    print(
+        f"barge-ins                     {r['barge_ins']} (connector counted {r['connector_barge_ins']:.0f})"
+    )
+    print(f"tool calls                    {r['tool_calls_ok']:.0f} ok, {r['tool_calls_failed']:.0f} failed")
+    print(
+        f"calls placed / outcomes       {r['calls_placed']} / {', '.join(f'{k} {v:.0f}' for k, v in sorted(r['outcomes'].items()))}"
+    )
+    print(
+        f"idle tasks / fds              before {r['idle_before']['tasks']:.0f} / {r['idle_before']['fds']:.0f}, after {r['idle_after']['tasks']:.0f} / {r['idle_after']['fds']:.0f}"
+    )
     print(
         f"peak RSS                      {r['peak_rss_mib']:.1f} MiB (idle {r['baseline_rss_mib']:.1f} MiB), {r['rss_per_call_kib']:.0f} KiB per call"
     )
     print(
         f"errors / violations           {len(r['errors'])} / {len(r['violations'])}; connector WARNING+ lines {r['connector_warnings']}"
     )
-    for line in (r["errors"] + r["violations"])[:10]:
+    for line in (r["errors"] + r["violations"] + r["connector_warning_lines"])[:10]:
         print(f"  {line}")
 
 
@@ -501,14 +657,37 @@ def main() -> int:
     p.add_argument("--bot-seconds", type=float, default=2.5, help="length of each bot answer")
     p.add_argument("--barge-in-every", type=int, default=0, help="talk over every Nth answer (0: never)")
     p.add_argument("--barge-after", type=float, default=1.2, help="seconds into the listening part to cut in")
+    p.add_argument("--tool", action="store_true", help="each call's first answer is a Data Action call")
+    p.add_argument("--tool-delay", type=float, default=0.3, help="seconds the fake Data Action takes")
+    p.add_argument(
+        "--ping-interval", type=float, default=1.0, help="seconds between AudioHook pings per call"
+    )
+    p.add_argument(
+        "--churn-min", type=float, default=0.0, help="with --churn-max: calls last a random time between"
+    )
+    p.add_argument(
+        "--churn-max",
+        type=float,
+        default=0.0,
+        help="...these bounds, and a new call follows each (0: no churn)",
+    )
+    p.add_argument(
+        "--sample-every", type=float, default=0.0, help="seconds between samples of RSS, tasks and fds"
+    )
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--port", type=int)
+    p.add_argument("--genesys-port", type=int)
     p.add_argument("--url")
     p.add_argument("--out")
     args = p.parse_args()
     if args.role in ("realtime", "callers"):
         use_loop(args.loop)
+        # The generators get the connector's collector tuning, so their stalls do not count
+        # against the connector's latency.
+        from oai_middleware import tune_garbage_collector
+
+        tune_garbage_collector()
         role = realtime_role if args.role == "realtime" else callers_role
         Path(args.out).write_text(json.dumps(asyncio.run(role(args))))
         return 0
