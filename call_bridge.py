@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from audiohook_protocol import bot_turn_entity
 from call_control import (
     CALL_CONTROL_NAMES,
     CALL_CONTROL_TOOLS,
@@ -103,6 +104,7 @@ class CallLink(Protocol):
     def play(self, response_id: str, item_id: str, audio: bytes) -> bool: ...
     def barge_in(self) -> Interruption | None: ...
     def audio_busy(self) -> bool: ...
+    def send_event(self, entity: dict[str, Any]) -> None: ...
     async def wait_played(self) -> None: ...
     async def disconnect(
         self, reason: str, info: str | None = None, output_variables: dict[str, str] | None = None
@@ -150,7 +152,6 @@ class CallBridge:
         self._dtmf_wake = asyncio.Event()
         self._farewell_id: str | None = None
         self._farewell_done = asyncio.Event()
-        self._summary_done = asyncio.Event()
         self._pending_audio = bytearray()
         self._dropped_warned = False
         self._stale: set[str] = set()  # responses whose audio must not reach the caller
@@ -288,6 +289,7 @@ class CallBridge:
 
     async def _connect(self, deadline: float) -> RealtimeConnection:
         delay = 0.25
+        report = log.warning  # the first failure of an outage; the retries at DEBUG
         while True:
             remaining = deadline - self.link.now()
             if remaining <= 0:
@@ -303,9 +305,10 @@ class CallBridge:
                 status = exc.response.status_code
                 if status in (401, 403, 404):
                     raise CallFailed(f"OpenAI refused the connection (HTTP {status})") from None
-                log.warning("OpenAI refused the connection (HTTP %d); retrying", status)
+                report("OpenAI refused the connection (HTTP %d); retrying", status)
             except (OSError, TimeoutError, InvalidHandshake) as exc:
-                log.warning("cannot reach OpenAI (%s); retrying", type(exc).__name__)
+                report("cannot reach OpenAI (%s); retrying", type(exc).__name__)
+            report = log.debug
             await asyncio.sleep(min(delay, max(0.0, deadline - self.link.now())))
             delay = min(delay * 2, 2.0)
 
@@ -389,6 +392,11 @@ class CallBridge:
         """A moment to replace the OpenAI session without anyone noticing."""
         return self.outcome is None and not (self.gate.busy or self.caller_speaking or self.link.audio_busy())
 
+    def _go_on(self) -> None:
+        """Let the model answer what was just added (a tool result, digits, an approval)."""
+        if self.outcome is None:  # never another answer after the goodbye
+            self._request(response_create())
+
     def _request(self, event: dict[str, Any]) -> None:
         if self.conn is None:
             self._resume = True  # asked for again once a new socket is attached
@@ -455,7 +463,12 @@ class CallBridge:
         if received_ms:
             self._heard[cut.item_id] = heard_ms / received_ms
             self.transcript.cut(cut.item_id, heard_ms / received_ms)
-        log.info("barge-in: the caller heard %d of %d ms sent", heard_ms, cut.sent_ms)
+        log.info(
+            "barge-in: the caller heard %d of %d ms sent; %d ms queued dropped",
+            heard_ms,
+            cut.sent_ms,
+            cut.dropped_bytes // 8,
+        )
 
     def on_speech_stopped(self, event: dict[str, Any]) -> None:
         self.caller_speaking = False
@@ -480,6 +493,10 @@ class CallBridge:
         self.transcript.set_text(item_id, "assistant", text)
         if item_id in self._heard:
             self.transcript.cut(item_id, self._heard[item_id])
+        heard = self.transcript.text(item_id)
+        if heard:
+            # For Genesys's historical reporting of bot turns: what the caller heard.
+            self.link.send_event(bot_turn_entity("match", heard[:1000]))
         log.debug("assistant: %s", text)
 
     def on_response_created(self, event: dict[str, Any]) -> None:
@@ -544,7 +561,7 @@ class CallBridge:
         log.warning("the model called an unknown tool %r", name[:64])
         self.metrics.tool_calls.labels("unknown", "error").inc()
         self._send(function_output(call_id, json.dumps({"error": f"there is no tool named {name}"})))
-        self._request(response_create())
+        self._go_on()
 
     async def _run_tool(self, call_id: str, name: str, arguments: str) -> None:
         """A Data Action, off the reader; a holding phrase if it is slow; then the model goes on."""
@@ -579,8 +596,8 @@ class CallBridge:
             )
             self._deliver_late_results()
         self.gate.discard("filler")
-        if self._tools_running == 0 and self.outcome is None:
-            self._request(response_create())
+        if self._tools_running == 0:
+            self._go_on()
 
     def _deliver_late_results(self) -> None:
         if self.conn is None:
@@ -611,7 +628,7 @@ class CallBridge:
         if not approve:
             response["reason"] = "not approved for phone calls"
         self._send({"type": "conversation.item.create", "item": response})
-        self._request(response_create())
+        self._go_on()
 
     def on_mcp_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
@@ -721,7 +738,6 @@ class CallBridge:
             log.debug("conversation summary: %s", self.summary)
         else:
             log.warning("the conversation summary failed (%s)", response.get("status"))
-        self._summary_done.set()
 
     async def _watch_limits(self) -> None:
         while self.outcome is None:
@@ -748,6 +764,8 @@ class CallBridge:
                     self._hand_over_digits(digits)
 
     def _hand_over_digits(self, digits: str) -> None:
+        if self.outcome is not None:
+            return  # the call is ending
         text = dtmf_message(digits)
         log.debug("caller keyed %s", digits)
         self._digit_turns += 1
@@ -756,7 +774,7 @@ class CallBridge:
             self._resume = True  # the restored history carries the digits
             return
         self._send(user_text(text))
-        self._request(response_create())
+        self._go_on()
 
 
 def make_bridge_factory(

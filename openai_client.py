@@ -315,6 +315,10 @@ class Transcript:
             words = turn[1].split()
             turn[1] = " ".join(words[: round(len(words) * max(0.0, min(1.0, fraction)))])
 
+    def text(self, item_id: str) -> str:
+        turn = self._turns.get(item_id)
+        return turn[1] if turn else ""
+
     def add_text(self, role: str, text: str, key: str) -> None:
         """A turn that is not an audio item (keyed digits, a restored session's history)."""
         self.set_text(key, role, text)

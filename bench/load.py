@@ -431,7 +431,9 @@ def idle_state(port: int, timeout: float = 60.0) -> dict[str, float]:
     while True:
         metrics = scrape(port)
         if metrics.get("connector_active_calls", 0) == 0 or time.monotonic() > deadline:
-            time.sleep(1.0)  # let closing sockets finish
+            # Closing sockets finish, and pooled keep-alive connections to the Genesys API
+            # expire (aiohttp keeps an idle one 15 s): what is open after that was leaked.
+            time.sleep(20.0)
             metrics = scrape(port)
             return {
                 "tasks": metrics["connector_event_loop_tasks"],

@@ -18,6 +18,7 @@ class FakeLink:
         self.cut: Interruption | None = None
         self.barge_ins = 0
         self.busy = False
+        self.events: list[dict] = []
 
     def now(self) -> float:
         return 0.0
@@ -32,6 +33,9 @@ class FakeLink:
 
     def audio_busy(self) -> bool:
         return self.busy
+
+    def send_event(self, entity) -> None:
+        self.events.append(entity)
 
     async def wait_played(self) -> None:
         return None
@@ -223,3 +227,20 @@ def test_session_created_schedules_a_recycle_before_expiry(bridge):
 
     bridge.handle({"type": "session.created", "session": {"expires_at": int(time.time()) + 3600}})
     assert 3600 - 121 <= bridge._recycle_at - bridge.link.now() <= 3600 - 119
+
+
+def test_each_bot_turn_is_reported_to_genesys_as_heard(bridge):
+    bridge.handle(created("resp_1"))
+    bridge.handle(delta("resp_1", "item_1", b"\x05" * 8000))
+    bridge.link.cut = Interruption("resp_1", "item_1", heard_ms=500, sent_ms=800, dropped_bytes=1600)
+    bridge.handle({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "u"})
+    bridge.handle(
+        {
+            "type": "response.output_audio_transcript.done",
+            "item_id": "item_1",
+            "transcript": "one two three four",
+        }
+    )
+    assert bridge.link.events == [
+        {"type": "bot_turn_response", "data": {"disposition": "match", "text": "one two"}}
+    ]
