@@ -91,6 +91,19 @@ def new_call(app, **kwargs) -> GenesysCall:
     return GenesysCall(ws_url(app), api_key=API_KEY, **kwargs)
 
 
+def drop_after_chunks(sim, count: int) -> None:
+    """Cut the first OpenAI socket once it has streamed `count` audio chunks."""
+    chunks = []
+
+    def tap(session, response, chunk):
+        chunks.append(chunk)
+        if len(chunks) == count and session is sim.sessions[0]:
+            session.drop()
+        return chunk
+
+    sim.delta_tap = tap
+
+
 def drop_once(sim, when) -> None:
     """Cut the OpenAI socket the first time `when(event)` matches a client event."""
     fired = []
@@ -122,15 +135,7 @@ async def test_openai_drops_mid_response_and_the_call_goes_on(bridged):
         turns=[Turn(say="A long answer.", seconds=4.0)], default=Turn(say="Back again.", seconds=0.6)
     )
     app, sim = await bridged(script, sim_options={"speed": 1.0})
-    chunks = []
-
-    def tap(session, response, chunk):
-        chunks.append(chunk)
-        if len(chunks) == 5 and session is sim.sessions[0]:
-            session.drop()
-        return chunk
-
-    sim.delta_tap = tap
+    drop_after_chunks(sim, 5)
     base = Baseline(app)
     async with new_call(app) as call:
         await call.open()
@@ -185,15 +190,7 @@ async def test_openai_drops_during_the_farewell_and_the_call_still_ends_complete
         farewell=Turn(say="Goodbye and thank you.", seconds=3.0),
     )
     app, sim = await bridged(script, sim_options={"speed": 1.0}, FAREWELL_TIMEOUT_SECONDS="6")
-    chunks = []
-
-    def tap(session, response, chunk):
-        chunks.append(chunk)
-        if len(chunks) == 3 and session is sim.sessions[0]:
-            session.drop()
-        return chunk
-
-    sim.delta_tap = tap
+    drop_after_chunks(sim, 3)
     base = Baseline(app)
     async with new_call(app) as call:
         await call.open()
