@@ -33,6 +33,7 @@ from call_control import empty_output_variables
 from log_setup import conversation_id_var
 from metrics import Metrics
 from playout import Interruption, Playout
+from utils import release_frames
 
 log = logging.getLogger("audiohook")
 
@@ -160,19 +161,24 @@ class AudioHookSession:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(SOCKET_GRACE):
                 await self.ws.close()
-        if self._writer_task is not None:
-            self._writer_task.cancel()
+        # A finished task keeps its cancellation, whose traceback holds this session: drop the
+        # task so that the call is freed at once rather than by a full garbage collection.
+        writer, self._writer_task = self._writer_task, None
+        if writer is not None:
+            writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer_task
+                await writer
+        self._control.clear()  # what was never sent holds callbacks into this session
         self.metrics.calls.labels(self.outcome or "unknown").inc()
         log.info(
             "session ended: %s (caller audio %d bytes)",
             self.end_reason or "closed",
             self.protocol.audio_bytes_in,
         )
+        self.handler = None  # the handler links back to this session: free both now
 
     async def _stop_handler(self) -> None:
-        task = self._handler_task
+        task, self._handler_task = self._handler_task, None
         if task is None or task.done():
             return
         task.cancel()
@@ -371,10 +377,12 @@ class AudioHookSession:
         assert self.handler is not None
         try:
             await self.handler.run()
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
+            release_frames(cancelled)
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("call handler failed")
+            release_frames(exc)
             self.end_reason = "internal error"
             await self.disconnect("error", "internal error", kind="internal")
 

@@ -21,7 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -62,6 +62,7 @@ from openai_client import (
     user_text,
 )
 from playout import Interruption
+from utils import release_frames
 
 log = logging.getLogger("bridge")
 
@@ -115,6 +116,31 @@ Connector = Callable[[str, str, str, float], Awaitable[RealtimeConnection]]
 
 
 class CallBridge:
+    # Server event type -> method name. Names, not bound methods: a table of bound methods on the
+    # instance would be a reference cycle keeping every finished call until a full collection.
+    _HANDLERS: ClassVar[dict[str, str]] = {
+        "session.created": "on_session_created",
+        "session.updated": "on_session_updated",
+        "input_audio_buffer.speech_started": "on_speech_started",
+        "input_audio_buffer.speech_stopped": "on_speech_stopped",
+        "conversation.item.added": "on_item_added",
+        "conversation.item.created": "on_item_added",
+        "conversation.item.input_audio_transcription.completed": "on_caller_transcript",
+        "response.created": "on_response_created",
+        "response.output_audio.delta": "on_audio_delta",
+        "response.output_audio_transcript.done": "on_bot_transcript",
+        "response.function_call_arguments.done": "on_function_call",
+        "response.output_item.added": "on_output_item",
+        "response.output_item.done": "on_output_item_done",
+        "mcp_list_tools.completed": "on_mcp_event",
+        "mcp_list_tools.failed": "on_mcp_event",
+        "response.mcp_call.completed": "on_mcp_event",
+        "response.mcp_call.failed": "on_mcp_event",
+        "response.done": "on_response_done",
+        "rate_limits.updated": "on_rate_limits",
+        "error": "on_error",
+    }
+
     def __init__(
         self,
         link: CallLink,
@@ -169,28 +195,6 @@ class CallBridge:
         self._mcp_items: dict[str, str] = {}  # MCP item id -> "label" or "label/tool", for logs
         self._speech_ended_at: float | None = None  # for the time to first bot audio
         self.realtime = self._realtime_config()
-        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
-            "session.created": self.on_session_created,
-            "session.updated": self.on_session_updated,
-            "input_audio_buffer.speech_started": self.on_speech_started,
-            "input_audio_buffer.speech_stopped": self.on_speech_stopped,
-            "conversation.item.added": self.on_item_added,
-            "conversation.item.created": self.on_item_added,
-            "conversation.item.input_audio_transcription.completed": self.on_caller_transcript,
-            "response.created": self.on_response_created,
-            "response.output_audio.delta": self.on_audio_delta,
-            "response.output_audio_transcript.done": self.on_bot_transcript,
-            "response.function_call_arguments.done": self.on_function_call,
-            "response.output_item.added": self.on_output_item,
-            "response.output_item.done": self.on_output_item_done,
-            "mcp_list_tools.completed": self.on_mcp_event,
-            "mcp_list_tools.failed": self.on_mcp_event,
-            "response.mcp_call.completed": self.on_mcp_event,
-            "response.mcp_call.failed": self.on_mcp_event,
-            "response.done": self.on_response_done,
-            "rate_limits.updated": self.on_rate_limits,
-            "error": self.on_error,
-        }
 
     def _realtime_config(self) -> RealtimeConfig:
         call = self.call
@@ -226,6 +230,7 @@ class CallBridge:
                     tg.create_task(self._prepare_tools(), name="data-actions")
                 await self._converse()
         except* CallFailed as failed:
+            release_frames(failed)
             reason = str(failed.exceptions[0])
             log.warning("call failed: %s", reason)
             await self.link.disconnect("error", reason, self.output_variables(reason))
@@ -418,9 +423,9 @@ class CallBridge:
     # -- server events -----------------------------------------------------------------------
 
     def handle(self, event: dict[str, Any]) -> None:
-        handler = self._handlers.get(_text(event.get("type")))
-        if handler is not None:
-            handler(event)
+        name = self._HANDLERS.get(_text(event.get("type")))
+        if name is not None:
+            getattr(self, name)(event)
 
     def on_session_created(self, event: dict[str, Any]) -> None:
         expires_at = _at(event, "session", "expires_at")

@@ -126,18 +126,18 @@ async def watch_loop_lag(histogram: Histogram, interval: float = 0.1) -> None:
         histogram.observe(max(0.0, loop.time() - expected))
 
 
-FULL_COLLECTION_INTERVAL = 60.0
+FULL_COLLECTION_INTERVAL = 600.0
 log = logging.getLogger("connector")
 
 
 async def collect_garbage(histogram: Histogram, interval: float = FULL_COLLECTION_INTERVAL) -> None:
     """A full garbage collection every `interval` seconds.
 
-    A finished call leaves its WebSocket connections as reference cycles (the library's own
-    structure); they are old by then, so only a full collection frees them. With the tuned
-    thresholds (`tune_garbage_collector`) CPython would run full collections too seldom and
-    memory would creep; this runs them on a fixed cadence: one short pause a minute instead of
-    one every few seconds under load.
+    The connector's own objects are freed by reference counting when a call ends (the fault
+    tests check it), but asyncio's socket transports and the WebSocket library leave about 1 KB
+    of small reference cycles per call. With the tuned thresholds (`tune_garbage_collector`)
+    CPython's automatic full collections are rare, so this one bounds that memory. Each full
+    collection pauses every call at once (about 125 ms at 500 calls): once every ten minutes.
     """
     while True:
         await asyncio.sleep(interval)

@@ -280,9 +280,8 @@ def tune_garbage_collector() -> None:
     stalling every call at once (event loop lag and pong p99 over 100 ms). Most of those objects
     live for one message (futures, timer handles, coroutine frames): with a larger young
     generation they die by reference counting before a collection promotes them, and automatic
-    full collections all but stop. Objects created at start-up are frozen out of them. The
-    cyclic garbage finished calls leave behind is freed by `metrics.collect_garbage`, once a
-    minute (a soak showed memory creeping without it).
+    full collections all but stop. Objects created at start-up are frozen out of them. What
+    little cyclic garbage finished calls leave behind is freed by `metrics.collect_garbage`.
     """
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)

@@ -1,7 +1,6 @@
-"""Audio helpers shared by the simulators, the demo and the benchmarks: G.711 μ-law, WAV, test speech.
-
-The connector itself never transcodes (PCMU passes through both ways); these are for the tools
-around it.
+"""Small shared helpers: G.711 μ-law, WAV and test speech for the simulators, the demo and the
+benchmarks (the connector itself never transcodes: PCMU passes through both ways), and one for
+exceptions that would keep a finished call in memory.
 """
 
 from __future__ import annotations
@@ -9,6 +8,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+import traceback
 import warnings
 from array import array
 from functools import lru_cache
@@ -22,6 +22,26 @@ RATE = 8000
 ULAW_SILENCE = b"\xff"
 _WAVE_PCM = 1
 _WAVE_MULAW = 7
+
+
+def release_frames(exc: BaseException) -> None:
+    """Clear the finished frames held by an exception's tracebacks, and by those chained to it.
+
+    asyncio.TaskGroup (3.11 to 3.13.0) raises its error group and a cancellation from a frame
+    that also holds them, a reference cycle through every frame of the call: without this, a
+    finished call stays in memory until a full garbage collection, which pauses every call.
+    """
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)  # frames still running are left alone
+        pending += [current.__context__, current.__cause__]
+        if isinstance(current, BaseExceptionGroup):
+            pending += current.exceptions
 
 
 def ulaw_to_pcm16(data: bytes) -> bytes:

@@ -582,6 +582,10 @@ def orchestrate(args: argparse.Namespace) -> dict:
         tool_calls_ok=sum_of(final, "connector_tool_calls_total", 'result="ok"'),
         tool_calls_failed=sum_of(final, "connector_tool_calls_total", 'result="error"'),
         connector_barge_ins=final.get("connector_barge_ins_total", 0),
+        full_collections=final.get("connector_full_collection_seconds_count", 0),
+        full_collection_ms=1000
+        * final.get("connector_full_collection_seconds_sum", 0)
+        / max(1, final.get("connector_full_collection_seconds_count", 0)),
         outcomes={k.split('"')[1]: v for k, v in final.items() if k.startswith("connector_calls_total")},
         loop_lag_p99_ms={
             "connector": histogram_p99(final, "connector_event_loop_lag_seconds") * 1000,
@@ -623,6 +627,9 @@ def report(r: dict) -> None:
     print(
         f"event loop lag p99            connector <= {lag['connector']:.1f} ms, realtime sim {lag['realtime_simulator']:.1f} ms"
         f" (max {top['realtime_simulator']:.0f}), call sims {lag['call_simulators']:.1f} ms (max {top['call_simulators']:.0f})"
+    )
+    print(
+        f"full garbage collections      {r['full_collections']:.0f}, {r['full_collection_ms']:.0f} ms each on average"
     )
     print(
         f"frames lost                   caller->OpenAI {r['frames_lost_caller_to_openai']}  bot->caller {r['frames_lost_bot_to_caller']}"

@@ -138,6 +138,52 @@ async def settled(app: App, timeout: float = 3.0) -> None:
             await asyncio.sleep(0.01)
 
 
+# The connector's own modules: none of their objects may outlive a call in a reference cycle.
+CONNECTOR_MODULES = frozenset(
+    {
+        "audiohook_protocol",
+        "audiohook_server",
+        "call_bridge",
+        "call_control",
+        "genesys_actions",
+        "mcp_tools",
+        "openai_client",
+        "playout",
+    }
+)
+
+
+def save_garbage() -> None:
+    """From now on, keep what the garbage collector frees (automatic collections included)."""
+    import gc
+
+    gc.collect()
+    gc.garbage.clear()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+
+
+def stop_saving_garbage() -> None:
+    import gc
+
+    gc.set_debug(0)
+    gc.garbage.clear()
+
+
+def connector_garbage() -> dict[str, int]:
+    """Connector objects that only a reference cycle kept alive since `save_garbage()`."""
+    import collections
+    import gc
+
+    gc.collect()
+    try:
+        found = collections.Counter(
+            type(obj).__qualname__ for obj in gc.garbage if type(obj).__module__ in CONNECTOR_MODULES
+        )
+    finally:
+        stop_saving_garbage()
+    return dict(found)
+
+
 def live_tasks() -> set:
     import asyncio
 

@@ -13,7 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY, live_tasks, make_settings, settled, ws_url
+from conftest import (
+    API_KEY,
+    connector_garbage,
+    live_tasks,
+    make_settings,
+    save_garbage,
+    settled,
+    stop_saving_garbage,
+    ws_url,
+)
 from fake_genesys_api import FakeAction
 from test_data_actions import ACCOUNT_SCHEMA
 from websockets.asyncio.client import connect
@@ -60,7 +69,7 @@ def connector_tasks() -> set:
 
 
 class Baseline:
-    """Sessions, tasks and sockets before a call, to compare with after it.
+    """Sessions, tasks, sockets and cyclic garbage before a call, to compare with after it.
 
     The Genesys API client's keep-alive pool is process-wide by design, so with `genesys_port`
     its sockets (and the fake API's handlers) are not counted as left behind by the call.
@@ -71,6 +80,7 @@ class Baseline:
         self.port = genesys_port
         self.tasks = connector_tasks()
         self.sockets = open_sockets(self.port)
+        save_garbage()
 
     async def check(self) -> None:
         await settled(self.app, timeout=10)
@@ -84,6 +94,15 @@ class Baseline:
                 f"left behind: tasks {left}, sockets {open_sockets(self.port)} > {self.sockets}"
             ) from None
         assert not self.app.sessions
+        # A call kept alive by a reference cycle costs memory until a full collection pauses
+        # every call at once; a finished call must be freed by reference counting alone.
+        assert connector_garbage() == {}
+
+
+@pytest.fixture(autouse=True)
+def _garbage_saving_ends():
+    yield
+    stop_saving_garbage()  # also when a test fails before its check
 
 
 def new_call(app, **kwargs) -> GenesysCall:
