@@ -33,7 +33,7 @@ from call_control import empty_output_variables
 from log_setup import conversation_id_var
 from metrics import Metrics
 from playout import Interruption, Playout
-from utils import release_frames
+from utils import release_frames, send_within
 
 log = logging.getLogger("audiohook")
 
@@ -100,6 +100,7 @@ class AudioHookSession:
         self._close_deadline: float | None = None
         self._handler_task: asyncio.Task[None] | None = None
         self._writer_task: asyncio.Task[None] | None = None
+        self._read_timer: asyncio.Timeout | None = None
         self._playback_seen = False
         self._playback_idle = asyncio.Event()
         self._playback_idle.set()
@@ -115,23 +116,34 @@ class AudioHookSession:
             await self._release()
 
     async def _read_loop(self) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self._read_timeout()):
+        try:
+            async with asyncio.timeout(self._read_timeout()) as timer:
+                self._read_timer = timer
+                while True:
                     message = await self.ws.recv()
-            except TimeoutError:
-                self._on_read_timeout()
-                return
-            except ConnectionClosed as exc:
-                if self.protocol.state is not State.CLOSED:
-                    self.end_reason = self.end_reason or "genesys dropped the connection"
-                    self.outcome = self.outcome or m.GENESYS_DROPPED
-                    log.warning("connection dropped without a close (code %s)", exc.rcvd and exc.rcvd.code)
-                return
-            if isinstance(message, str):
-                self._on_text(message)
-            else:
-                self._on_binary(message)
+                    if isinstance(message, str):
+                        self._on_text(message)
+                    else:
+                        self._on_binary(message)
+                    self._extend(timer)
+        except TimeoutError:
+            self._on_read_timeout()
+        except ConnectionClosed as exc:
+            if self.protocol.state is not State.CLOSED:
+                self.end_reason = self.end_reason or "genesys dropped the connection"
+                self.outcome = self.outcome or m.GENESYS_DROPPED
+                log.warning("connection dropped without a close (code %s)", exc.rcvd and exc.rcvd.code)
+        finally:
+            self._read_timer = None
+
+    def _extend(self, timer: asyncio.Timeout) -> None:
+        """Move the read deadline after a message, lazily: a timer re-armed for every audio frame
+        costs more CPU than anything else in the session. It moves when it must come sooner (the
+        call is ending) or is more than a tenth of the wait (at most a second) too early."""
+        wait = self._read_timeout()
+        deadline, when = self._loop.time() + wait, timer.when()
+        if when is None or deadline < when or deadline - when > min(1.0, wait / 10):
+            timer.reschedule(deadline)
 
     def _read_timeout(self) -> float:
         if self.protocol.state is State.CLOSED:
@@ -313,6 +325,9 @@ class AudioHookSession:
     def _send_disconnect(self, reason: str, info: str | None, outputs: dict[str, str]) -> None:
         self._queue(self.protocol.disconnect(reason, info, outputs))
         self._close_deadline = self._loop.time() + CLOSE_WAIT
+        timer = self._read_timer  # the reader may be waiting with the idle deadline
+        if timer is not None and not timer.expired():
+            timer.reschedule(min(self._close_deadline, timer.when() or self._close_deadline))
 
     async def _writer(self) -> None:
         while True:
@@ -343,8 +358,7 @@ class AudioHookSession:
 
     async def _send(self, data: str | bytes) -> bool:
         try:
-            async with asyncio.timeout(SEND_TIMEOUT):
-                await self.ws.send(data)
+            await send_within(self.ws, data, SEND_TIMEOUT)
         except TimeoutError:
             self._give_up(f"Genesys stopped reading (send blocked {SEND_TIMEOUT}s)")
             return False

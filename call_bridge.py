@@ -378,15 +378,16 @@ class CallBridge:
     async def _pump(self, conn: RealtimeConnection) -> str:
         while True:
             try:
-                async with asyncio.timeout(self._recycle_wait()):
-                    event = await conn.recv()
+                # One timer for many events (one per event costs CPU): re-entered when the
+                # session's expiry becomes known, or when it was not a quiet moment to recycle.
+                async with asyncio.timeout(self._recycle_wait()) as timer:
+                    while timer.when() is not None or self._recycle_at is None:
+                        self.handle(await conn.recv())
             except TimeoutError:
                 if self._quiet():
                     return "recycled"
-                continue
             except ConnectionClosed:
                 return "dropped"
-            self.handle(event)
 
     def _recycle_wait(self) -> float | None:
         if self._recycle_at is None:

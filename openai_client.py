@@ -21,6 +21,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from utils import send_within
+
 log = logging.getLogger("openai")
 
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
@@ -399,8 +401,7 @@ class RealtimeConnection:
             while self._pending:
                 message = self._pending.popleft()
                 try:
-                    async with asyncio.timeout(SEND_TIMEOUT):
-                        await self.ws.send(message)
+                    await send_within(self.ws, message, SEND_TIMEOUT)
                 except TimeoutError:
                     log.warning("a send to OpenAI blocked for %ss; dropping the connection", SEND_TIMEOUT)
                     self.ws.transport.abort()

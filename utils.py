@@ -1,10 +1,11 @@
 """Small shared helpers: G.711 μ-law, WAV and test speech for the simulators, the demo and the
-benchmarks (the connector itself never transcodes: PCMU passes through both ways), and one for
-exceptions that would keep a finished call in memory.
+benchmarks (the connector itself never transcodes: PCMU passes through both ways), and two for the
+connector's hot paths: sends that need no timer, and exceptions that would keep a call in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import struct
@@ -13,6 +14,12 @@ import warnings
 from array import array
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from websockets.protocol import State
+
+if TYPE_CHECKING:
+    from websockets.asyncio.connection import Connection
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -22,6 +29,27 @@ RATE = 8000
 ULAW_SILENCE = b"\xff"
 _WAVE_PCM = 1
 _WAVE_MULAW = 7
+
+
+FRAME_OVERHEAD = 14  # the largest WebSocket frame header, mask included
+
+
+async def send_within(ws: Connection, data: str | bytes, timeout: float) -> None:
+    """`ws.send(data)`, raising TimeoutError when it has waited `timeout` seconds.
+
+    websockets only waits in a send when the connection is not open, or when the write takes the
+    transport's buffer over its high-water mark (the peer is not reading); only then is a timer
+    armed. A timer on every send, one per audio frame, cost about a tenth of the connector's CPU
+    at 500 calls.
+    """
+    if ws.state is State.OPEN:
+        size = len(data) if isinstance(data, bytes) or data.isascii() else 4 * len(data)
+        _low, high = ws.transport.get_write_buffer_limits()
+        if ws.transport.get_write_buffer_size() + size + FRAME_OVERHEAD <= high:
+            await ws.send(data)
+            return
+    async with asyncio.timeout(timeout):
+        await ws.send(data)
 
 
 def release_frames(exc: BaseException) -> None:

@@ -23,6 +23,7 @@ from conftest import (
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+import audiohook_server
 from call_simulator import STEREO, GenesysCall
 from utils import speech_like
 
@@ -247,6 +248,44 @@ async def test_socket_dropped_without_close_releases_everything(start_app):
     await settled(app)
     assert RecordingHandler.instances[0].cancelled
     assert live_tasks() <= tasks_before
+
+
+async def test_a_silent_genesys_is_let_go_after_the_read_idle_timeout(start_app, monkeypatch, caplog):
+    monkeypatch.setattr(audiohook_server, "READ_IDLE_TIMEOUT", 1.0)
+    app = await start_app(handler_factory=recording_factory())
+    async with call(app) as sim:
+        await sim.open()
+        for _ in range(25):  # 2.5 s of audio, longer than the idle timeout: the call goes on
+            await sim.send_audio(b"\x01" * 800)
+            await asyncio.sleep(0.1)
+        assert app.sessions
+        last = time.monotonic()
+        await sim.wait_closed(5)  # then nothing more from the client
+        gone = time.monotonic() - last
+    await settled(app)
+    assert 0.85 <= gone <= 2.5
+    assert len(RecordingHandler.instances[0].audio) == 25 * 800
+    assert "nothing received from Genesys for 1.0s; ending the session" in caplog.text
+
+
+async def test_no_close_after_our_disconnect_ends_the_session_after_the_close_wait(
+    start_app, monkeypatch, caplog
+):
+    monkeypatch.setattr(audiohook_server, "CLOSE_WAIT", 1.0)
+
+    async def hang_up(handler):
+        await asyncio.sleep(0.1)
+        await handler.session.disconnect("completed", "done", {"A": "1"})
+
+    app = await start_app(handler_factory=recording_factory(hang_up))
+    async with call(app, auto_close=False) as sim:  # a client that never sends `close`
+        await sim.open()
+        await sim.wait_disconnect(5)
+        await sim.wait_closed(5)
+        gone = time.monotonic() - sim.record.disconnect_at
+    await settled(app)
+    assert 0.85 <= gone <= 2.5  # the close wait, not the 60 s read idle timeout
+    assert "no close from Genesys within 1.0s of our disconnect" in caplog.text
 
 
 # -- bad input before the upgrade -----------------------------------------------------------
