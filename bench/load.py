@@ -113,6 +113,7 @@ async def realtime_role(args: argparse.Namespace) -> dict:
         script.first = Turn(call="genesys_data_action_bench_lookup", arguments={"accountNumber": "12345"})
     sim = RealtimeSimulator(script, strict=False, speed=4.0)
     sim.keep_audio = False
+    sim.check_appends_every = args.check_appends_every
     appends: list[tuple[float, int, int, int]] = []
     deltas: list[tuple[float, int, int, int]] = []
     session_index: dict[int, int] = {}
@@ -457,6 +458,7 @@ def role(me: list[str], args: argparse.Namespace, name: str, out: Path, **extra:
         "churn_min",
         "churn_max",
         "tool_delay",
+        "check_appends_every",
     ):
         argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     if args.tool:
@@ -682,6 +684,12 @@ def main() -> int:
     )
     p.add_argument(
         "--sample-every", type=float, default=0.0, help="seconds between samples of RSS, tasks and fds"
+    )
+    p.add_argument(
+        "--check-appends-every",
+        type=int,
+        default=20,
+        help="the simulator validates one audio append in this many (other events: all)",
     )
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     p.add_argument("--json", help="also write the figures to this file")

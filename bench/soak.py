@@ -64,6 +64,7 @@ def main() -> int:
         churn_max=90.0,
         tool=True,
         tool_delay=0.3,
+        check_appends_every=1,  # the generators are far from busy: validate every event
         sample_every=10.0,
         loop=args.loop,
     )

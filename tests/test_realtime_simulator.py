@@ -139,6 +139,24 @@ async def test_invalid_client_events_are_answered_with_error_and_recorded(realti
     await ws.close()
 
 
+async def test_sampled_append_checks_still_check_the_first_append_and_every_other_event(realtime):
+    sim = await realtime()
+    sim.check_appends_every = 3
+    ws = await client(sim)
+    bad_append = {"type": "input_audio_buffer.append", "audio": "", "extra": 1}
+    for _ in range(4):  # appends 1 and 4 are checked
+        await ws.send(json.dumps(bad_append))
+    await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "voice": "x"}}))
+    await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+    await next_event(ws, "input_audio_buffer.cleared")
+    assert [v.split(":")[0] for v in sim.violations] == [
+        "input_audio_buffer.append",
+        "input_audio_buffer.append",
+        "session.update",
+    ]
+    await ws.close()
+
+
 async def test_vad_turn_produces_the_ga_event_sequence_and_the_session_stays_strict(realtime):
     sim = await realtime(Script(turns=[Turn(say="Hello caller.", seconds=0.5)]), speed=20)
     ws = await client(sim)
