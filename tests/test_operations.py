@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -14,6 +15,7 @@ import socket
 import sys
 import time
 import urllib.request
+import weakref
 
 import pytest
 from conftest import API_KEY, CLIENT_SECRET, OPENAI_KEY, ROOT, make_settings, settled, ws_url
@@ -393,3 +395,32 @@ def test_masker_masks_every_form_and_learns_tokens():
     assert masker.mask(line) == "key *** secret *** decoded *** x"
     masker.add("runtime-token-123")
     assert masker.mask("Bearer runtime-token-123") == "Bearer ***"
+
+
+async def test_the_periodic_full_collection_frees_cycles_and_is_measured():
+    import gc
+    import platform
+
+    from metrics import Metrics, collect_garbage, malloc_trim
+
+    class Node:
+        pass
+
+    metrics = Metrics()
+    gc.disable()  # only the periodic collection may free the cycle
+    try:
+        node = Node()
+        node.self = node
+        alive = weakref.ref(node)
+        del node
+        task = asyncio.create_task(collect_garbage(metrics.full_collections, interval=0.05, collect_every=1))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        gc.enable()
+    assert alive() is None
+    assert metrics.registry.get_sample_value("connector_full_collection_seconds_count") >= 2
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert malloc_trim() is not None
