@@ -67,6 +67,7 @@ def main() -> int:
         check_appends_every=1,  # the generators are far from busy: validate every event
         sample_every=10.0,
         loop=args.loop,
+        generator_loop=load.generator_loop_default(),
     )
     result = load.orchestrate(run)
     result.update(soak_figures(result, args.warmup))
