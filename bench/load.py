@@ -443,8 +443,9 @@ def idle_state(port: int, timeout: float = 60.0) -> dict[str, float]:
         metrics = scrape(port)
         if metrics.get("connector_active_calls", 0) == 0 or time.monotonic() > deadline:
             # Closing sockets finish, and pooled keep-alive connections to the Genesys API
-            # expire (aiohttp keeps an idle one 15 s): what is open after that was leaked.
-            time.sleep(20.0)
+            # expire (aiohttp closes one idle for 15 s at its next sweep, and sweeps every
+            # 15 s: up to 30 s): what is open after that was leaked.
+            time.sleep(35.0)
             metrics = scrape(port)
             return {
                 "tasks": metrics["connector_event_loop_tasks"],
