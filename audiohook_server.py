@@ -137,9 +137,10 @@ class AudioHookSession:
             self._read_timer = None
 
     def _extend(self, timer: asyncio.Timeout) -> None:
-        """Move the read deadline after a message, lazily: a timer re-armed for every audio frame
-        costs more CPU than anything else in the session. It moves when it must come sooner (the
-        call is ending) or is more than a tenth of the wait (at most a second) too early."""
+        """Move the read deadline after a message or a state change, lazily: a timer re-armed for
+        every audio frame costs more CPU than anything else in the session. It moves when it must
+        come sooner (the call is ending) or is more than a tenth of the wait (at most a second)
+        too early."""
         wait = self._read_timeout()
         deadline, when = self._loop.time() + wait, timer.when()
         if when is None or deadline < when or deadline - when > min(1.0, wait / 10):
@@ -327,7 +328,7 @@ class AudioHookSession:
         self._close_deadline = self._loop.time() + CLOSE_WAIT
         timer = self._read_timer  # the reader may be waiting with the idle deadline
         if timer is not None and not timer.expired():
-            timer.reschedule(min(self._close_deadline, timer.when() or self._close_deadline))
+            self._extend(timer)
 
     async def _writer(self) -> None:
         while True:
