@@ -40,10 +40,9 @@ from call_control import (
     parse_arguments,
     summary_json,
 )
-from config import CallConfig, Settings
+from config import ApprovalPolicy, CallConfig, Settings
 from genesys_actions import DataActionTools, GenesysApi
 from instructions import ToolNote, build_instructions
-from mcp_tools import ApprovalPolicy
 from metrics import Metrics
 from openai_client import (
     RealtimeConfig,

@@ -18,18 +18,12 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
-
-import mcp_tools
-from genesys_actions import ApiSettings, region_domain
-from genesys_auth import ApiKey
-from mcp_tools import ApprovalPolicy
-from openai_client import VOICES
 
 log = logging.getLogger("config")
 
@@ -39,6 +33,9 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 MIN_PER_KEY_SECRET_BYTES = 16
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 
 
 class ConfigError(Exception):
@@ -263,6 +260,205 @@ def resolve_call_config(
     return CallConfig(**values, connector_id=connector_id)
 
 
+# -- settings of the features: API keys, Genesys Cloud API, remote MCP ----------------------
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key: str
+    secret: bytes | None = None  # decoded client secret; None: the API key alone is enough
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    enabled: bool
+    client_id: str
+    client_secret: str
+    api_base: str
+    login_base: str
+    http_timeout: float = 10.0
+    allowed_action_ids: frozenset[str] = frozenset()  # empty: any requested id
+    max_tools_per_session: int = 10
+    max_action_calls_per_session: int = 10
+    redaction_fields: tuple[str, ...] = ()
+    schema_cache_seconds: float = 300.0
+    max_argument_bytes: int = 4096
+    max_output_bytes: int = 8192
+
+
+# Genesys Cloud regions: the domain (or its AWS region name) -> the API and login hosts.
+_REGION_DOMAINS = {
+    "mypurecloud.com": "us-east-1",
+    "use2.us-gov-pure.cloud": "us-east-2",
+    "usw2.pure.cloud": "us-west-2",
+    "cac1.pure.cloud": "ca-central-1",
+    "sae1.pure.cloud": "sa-east-1",
+    "mypurecloud.ie": "eu-west-1",
+    "euw2.pure.cloud": "eu-west-2",
+    "mypurecloud.de": "eu-central-1",
+    "euc2.pure.cloud": "eu-central-2",
+    "mec1.pure.cloud": "me-central-1",
+    "aps1.pure.cloud": "ap-south-1",
+    "apne2.pure.cloud": "ap-northeast-2",
+    "mypurecloud.com.au": "ap-southeast-2",
+    "mypurecloud.jp": "ap-northeast-1",
+    "apne3.pure.cloud": "ap-northeast-3",
+}
+_AWS_REGIONS = {aws: domain for domain, aws in _REGION_DOMAINS.items()}
+
+
+def region_domain(region: str) -> str:
+    """`usw2.pure.cloud`, `https://api.usw2.pure.cloud` or `us-west-2` -> `usw2.pure.cloud`."""
+    value = region.strip().lower()
+    value = re.sub(r"^https?://", "", value).rstrip("/")
+    value = re.sub(r"^(api|login)\.", "", value)
+    if value in _REGION_DOMAINS:
+        return value
+    if value in _AWS_REGIONS:
+        return _AWS_REGIONS[value]
+    raise ValueError(f"a Genesys Cloud region such as {', '.join(list(_REGION_DOMAINS)[:4])}")
+
+
+MCP_KEYS = frozenset(
+    {
+        "type",
+        "server_label",
+        "server_url",
+        "connector_id",
+        "tunnel_id",
+        "authorization",
+        "headers",
+        "allowed_tools",
+        "require_approval",
+        "server_description",
+        "defer_loading",
+        "allowed_callers",
+    }
+)
+_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _check_allowed_tools(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(isinstance(v, str) and v for v in value)
+    if isinstance(value, dict):
+        names = value.get("tool_names", [])
+        return (
+            set(value) <= {"tool_names", "read_only"}
+            and isinstance(names, list)
+            and all(isinstance(v, str) for v in names)
+            and isinstance(value.get("read_only", False), bool)
+        )
+    return False
+
+
+def _check_approval(value: Any) -> bool:
+    if value in ("always", "never"):
+        return True
+    return (
+        isinstance(value, dict)
+        and set(value) <= {"always", "never"}
+        and all(isinstance(v, dict) for v in value.values())
+    )
+
+
+def validate_mcp_entries(value: Any) -> tuple[dict[str, Any], ...]:
+    """A JSON array of MCP tool entries; ValueError names the first problem."""
+    if not isinstance(value, list):
+        raise ValueError("must be a JSON array of MCP tool objects")
+    labels: set[str] = set()
+    for n, entry in enumerate(value):
+        where = f"entry {n}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be an object")
+        if entry.get("type") != "mcp":
+            raise ValueError(
+                f'{where}: type must be "mcp" (the Realtime API takes function and MCP tools only)'
+            )
+        unknown = sorted(set(entry) - MCP_KEYS)
+        if unknown:
+            raise ValueError(f"{where}: unknown key {unknown[0]}")
+        label = entry.get("server_label")
+        if not isinstance(label, str) or not _LABEL.match(label):
+            raise ValueError(f"{where}: server_label must be 1-64 letters, digits, _ or -")
+        if label in labels:
+            raise ValueError(f"{where}: server_label {label} is used twice")
+        labels.add(label)
+        where = f"server {label}"
+        url = entry.get("server_url")
+        if url is None and not (entry.get("connector_id") or entry.get("tunnel_id")):
+            raise ValueError(f"{where}: server_url is required")
+        if url is not None and (not isinstance(url, str) or not url.startswith("https://")):
+            raise ValueError(f"{where}: server_url must be an https:// URL")
+        if "allowed_tools" in entry and not _check_allowed_tools(entry["allowed_tools"]):
+            raise ValueError(f"{where}: allowed_tools must be a list of tool names or a tool filter")
+        if "require_approval" in entry and not _check_approval(entry["require_approval"]):
+            raise ValueError(f'{where}: require_approval must be "always", "never" or a filter object')
+        headers = entry.get("headers", {})
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise ValueError(f"{where}: headers must map strings to strings")
+        for key in ("authorization", "server_description"):
+            if key in entry and not isinstance(entry[key], str):
+                raise ValueError(f"{where}: {key} must be a string")
+    return tuple(value)
+
+
+def _normal(url: str) -> str:
+    return url.rstrip("/").lower()
+
+
+def filter_mcp_allowed(
+    entries: Iterable[dict[str, Any]], allowed_urls: frozenset[str], where: str
+) -> tuple[dict[str, Any], ...]:
+    """With an allowlist, drop (one WARNING each) every entry whose `server_url` it does not list."""
+    if not allowed_urls:
+        return tuple(entries)
+    allowed = {_normal(u) for u in allowed_urls}
+    kept = []
+    for entry in entries:
+        if _normal(str(entry.get("server_url", ""))) in allowed:
+            kept.append(entry)
+        else:
+            log.warning(
+                "MCP server %s (%s) dropped: not in MCP_ALLOWED_SERVER_URLS",
+                entry.get("server_label"),
+                where,
+            )
+    return tuple(kept)
+
+
+def mcp_secrets(entries: Iterable[dict[str, Any]]) -> list[str]:
+    out = []
+    for entry in entries:
+        if entry.get("authorization"):
+            out.append(entry["authorization"])
+        out += [v for v in (entry.get("headers") or {}).values() if v]
+    return out
+
+
+def describe_mcp(entries: Iterable[dict[str, Any]]) -> str:
+    """Labels and URLs only, for --check-config."""
+    return (
+        ", ".join(f"{e['server_label']}={e.get('server_url') or e.get('connector_id')}" for e in entries)
+        or "<none>"
+    )
+
+
+@dataclass(frozen=True)
+class ApprovalPolicy:
+    """`MCP_APPROVAL_POLICY`: deny every approval request, or approve the listed tools only."""
+
+    policy: str = "deny"
+    approved_tools: frozenset[str] = frozenset()  # `tool` or `server_label:tool`
+
+    def approves(self, server_label: str, tool: str) -> bool:
+        if self.policy != "approve":
+            return False
+        return tool in self.approved_tools or f"{server_label}:{tool}" in self.approved_tools
+
+
 # -- process settings ------------------------------------------------------------------------
 
 
@@ -310,9 +506,9 @@ class Settings:
                 out.append(base64.b64encode(key.secret).decode())
         if self.genesys is not None:
             out.append(self.genesys.client_secret)
-        out += mcp_tools.secrets(self.mcp.tools)
+        out += mcp_secrets(self.mcp.tools)
         for profile in self.profiles.values():
-            out += mcp_tools.secrets(profile.get("mcp_tools", ()))
+            out += mcp_secrets(profile.get("mcp_tools", ()))
         return [s for s in out if s]
 
     def call_config(self, connector_id: str | None, input_variables: Mapping[str, str]) -> CallConfig:
@@ -479,13 +675,11 @@ def load_profiles(path: str, allowed_mcp_urls: frozenset[str] = frozenset()) -> 
         profiles[connector_id] = _call_layer(profile, where)
         if "MCP_TOOLS" in profile:
             try:
-                entries = mcp_tools.validate_entries(profile["MCP_TOOLS"])
+                entries = validate_mcp_entries(profile["MCP_TOOLS"])
             except ValueError as exc:
                 raise ConfigError(f"{where}MCP_TOOLS {exc}") from None
             where_from = f"profile {connector_id}"
-            profiles[connector_id]["mcp_tools"] = mcp_tools.filter_allowed(
-                entries, allowed_mcp_urls, where_from
-            )
+            profiles[connector_id]["mcp_tools"] = filter_mcp_allowed(entries, allowed_mcp_urls, where_from)
     return profiles
 
 
@@ -554,12 +748,12 @@ def _mcp_settings(r: _Reader) -> McpSettings:
     entries: tuple[dict[str, Any], ...] = ()
     if text:
         try:
-            entries = mcp_tools.validate_entries(json.loads(text))
+            entries = validate_mcp_entries(json.loads(text))
         except ValueError as exc:  # json.JSONDecodeError is a ValueError too
             raise ConfigError(f"{name} {exc}") from None
     allowed = frozenset(r.csv("MCP_ALLOWED_SERVER_URLS"))
-    entries = mcp_tools.filter_allowed(entries, allowed, name)
-    r.report.append(("MCP_TOOLS_JSON", mcp_tools.describe(entries)))
+    entries = filter_mcp_allowed(entries, allowed, name)
+    r.report.append(("MCP_TOOLS_JSON", describe_mcp(entries)))
     policy = r.choice("MCP_APPROVAL_POLICY", "deny", ("deny", "approve"))
     approved = frozenset(r.csv("MCP_APPROVED_TOOLS"))
     if policy == "approve" and not approved:

@@ -19,12 +19,13 @@ import logging
 import os
 import sys
 
-from call_simulator import GenesysCall
 from config import load_settings
 from log_setup import configure_logging
 from oai_middleware import App
-from realtime_simulator import RealtimeSimulator, Script, Turn
-from utils import read_wav, silence, speech_like, write_wav
+from simulators.audio import read_wav, silence, speech_like, write_wav
+from simulators.call_simulator import GenesysCall
+from simulators.realtime_simulator import RealtimeSimulator
+from simulators.script import Script, Turn
 
 DEMO_KEY = "demo-api-key"
 GREETING = "Hello, thanks for calling the demo line. How can I help?"

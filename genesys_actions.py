@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import jsonschema
 
+from config import ApiSettings
 from instructions import ToolNote
 from log_setup import SecretMasker
 
@@ -39,38 +40,6 @@ TOOL_PREFIX = "genesys_data_action_"
 MAX_TOOL_NAME = 64
 MAX_RETRIES = 2
 TOKEN_MARGIN_SECONDS = 60.0
-
-# Genesys Cloud regions: the domain (or its AWS region name) -> the API and login hosts.
-_REGION_DOMAINS = {
-    "mypurecloud.com": "us-east-1",
-    "use2.us-gov-pure.cloud": "us-east-2",
-    "usw2.pure.cloud": "us-west-2",
-    "cac1.pure.cloud": "ca-central-1",
-    "sae1.pure.cloud": "sa-east-1",
-    "mypurecloud.ie": "eu-west-1",
-    "euw2.pure.cloud": "eu-west-2",
-    "mypurecloud.de": "eu-central-1",
-    "euc2.pure.cloud": "eu-central-2",
-    "mec1.pure.cloud": "me-central-1",
-    "aps1.pure.cloud": "ap-south-1",
-    "apne2.pure.cloud": "ap-northeast-2",
-    "mypurecloud.com.au": "ap-southeast-2",
-    "mypurecloud.jp": "ap-northeast-1",
-    "apne3.pure.cloud": "ap-northeast-3",
-}
-_AWS_REGIONS = {aws: domain for domain, aws in _REGION_DOMAINS.items()}
-
-
-def region_domain(region: str) -> str:
-    """`usw2.pure.cloud`, `https://api.usw2.pure.cloud` or `us-west-2` -> `usw2.pure.cloud`."""
-    value = region.strip().lower()
-    value = re.sub(r"^https?://", "", value).rstrip("/")
-    value = re.sub(r"^(api|login)\.", "", value)
-    if value in _REGION_DOMAINS:
-        return value
-    if value in _AWS_REGIONS:
-        return _AWS_REGIONS[value]
-    raise ValueError(f"a Genesys Cloud region such as {', '.join(list(_REGION_DOMAINS)[:4])}")
 
 
 class ActionError(Exception):
@@ -147,23 +116,6 @@ def _label(action_id: str, schema: dict[str, Any]) -> str:
     if isinstance(title, str) and title.strip():
         return re.sub(r"\b(request|input)\b", "", title, flags=re.IGNORECASE).strip() or action_id
     return action_id
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    enabled: bool
-    client_id: str
-    client_secret: str
-    api_base: str
-    login_base: str
-    http_timeout: float = 10.0
-    allowed_action_ids: frozenset[str] = frozenset()  # empty: any requested id
-    max_tools_per_session: int = 10
-    max_action_calls_per_session: int = 10
-    redaction_fields: tuple[str, ...] = ()
-    schema_cache_seconds: float = 300.0
-    max_argument_bytes: int = 4096
-    max_output_bytes: int = 8192
 
 
 @dataclass

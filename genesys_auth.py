@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from config import ApiKey
+
 REQUIRED_COMPONENTS = (
     "@request-target",
     "@authority",
@@ -57,12 +59,6 @@ class Failure(enum.Enum):
 
 class HeaderLookup(Protocol):
     def get_all(self, key: str) -> list[str]: ...
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    key: str
-    secret: bytes | None = None  # decoded client secret; None: the API key alone is enough
 
 
 @dataclass(frozen=True)

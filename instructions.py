@@ -9,10 +9,8 @@ replaces the rules. The exact text is in docs/instructions.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from config import CallConfig
+from config import CallConfig
 
 END_SUCCESS = "end_conversation_successfully"
 END_ESCALATION = "end_conversation_with_escalation"

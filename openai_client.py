@@ -25,7 +25,6 @@ from utils import send_within
 
 log = logging.getLogger("openai")
 
-VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 PCMU = {"type": "audio/pcmu"}
 SEND_TIMEOUT = 10.0
 MAX_PENDING_EVENTS = 1000

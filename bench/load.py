@@ -103,7 +103,8 @@ async def record_loop_lag(lags: list[float], interval: float = 0.1) -> None:
 
 
 async def realtime_role(args: argparse.Namespace) -> dict:
-    from realtime_simulator import RealtimeSimulator, Script, Turn
+    from simulators.realtime_simulator import RealtimeSimulator
+    from simulators.script import Script, Turn
 
     script = Script(default=Turn(say="This is the answer of the simulated model.", seconds=args.bot_seconds))
     genesys = None
@@ -182,8 +183,8 @@ async def callers_role(args: argparse.Namespace) -> list[dict]:
     import itertools
     import random
 
-    from call_simulator import GenesysCall
-    from utils import silence, speech_like
+    from simulators.audio import silence, speech_like
+    from simulators.call_simulator import GenesysCall
 
     turn = speech_like(args.speak_seconds, seed=3) + silence(args.turn_seconds - args.speak_seconds)
     barge = speech_like(1.0, seed=5)
@@ -572,6 +573,7 @@ def orchestrate(args: argparse.Namespace) -> dict:
         with contextlib.suppress(subprocess.TimeoutExpired):
             connector.wait(timeout=40)
         connector.kill()
+        realtime.kill()  # already gone after a clean run; after a failure it would be left behind
         log_file.close()
     callers_data = json.loads((work / "callers.json").read_text())
     callers_lag = callers_data.pop()["loop_lag"]

@@ -39,7 +39,7 @@ def make_settings(**env: str):
 @pytest.fixture
 async def realtime():
     """Start Realtime simulators that validate every event both ways; stopped at the end."""
-    from realtime_simulator import RealtimeSimulator
+    from simulators.realtime_simulator import RealtimeSimulator
 
     sims = []
 
@@ -146,7 +146,6 @@ CONNECTOR_MODULES = frozenset(
         "call_bridge",
         "call_control",
         "genesys_actions",
-        "mcp_tools",
         "openai_client",
         "playout",
     }

@@ -9,9 +9,9 @@ import time
 
 from conftest import API_KEY, ws_url
 
-from call_simulator import GenesysCall
-from realtime_simulator import Script, Turn
-from utils import silence, speech_like
+from simulators.audio import silence, speech_like
+from simulators.call_simulator import GenesysCall
+from simulators.script import Script, Turn
 
 
 def caller(*segments: tuple[str, float]) -> bytes:

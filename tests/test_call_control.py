@@ -19,7 +19,7 @@ from call_control import (
     summary_json,
 )
 from openai_client import Usage
-from realtime_simulator import RealtimeValidator
+from simulators.realtime_simulator import RealtimeValidator
 
 ELEVEN = {
     "CONVERSATION_SUMMARY",

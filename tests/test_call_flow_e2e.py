@@ -9,9 +9,9 @@ import time
 
 from conftest import API_KEY, live_tasks, settled, ws_url
 
-from call_simulator import GenesysCall
-from realtime_simulator import DEFAULT_SUMMARY, Script, Turn
-from utils import silence, speech_like
+from simulators.audio import silence, speech_like
+from simulators.call_simulator import GenesysCall
+from simulators.script import DEFAULT_SUMMARY, Script, Turn
 
 TOKEN_VARIABLES = {
     "TOTAL_INPUT_TEXT_TOKENS": "input_text",

@@ -10,7 +10,7 @@ from array import array
 
 from conftest import API_KEY, ROOT, RecordingHandler, recording_factory, ws_url
 
-from utils import read_wav, speech_like, write_wav
+from simulators.audio import read_wav, speech_like, write_wav
 
 
 def test_mulaw_wav_round_trips_byte_exact(tmp_path):
@@ -47,8 +47,10 @@ def test_unsupported_wav_is_refused(tmp_path):
 async def run_cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(ROOT / "call_simulator.py"),
+        "-m",
+        "simulators.call_simulator",
         *args,
+        cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -11,13 +11,12 @@ import pytest
 from conftest import OPENAI_KEY
 from fake_genesys_api import FakeAction
 
-from config import ConfigError, load_settings
+from config import ConfigError, load_settings, region_domain
 from genesys_actions import (
     REDACTED,
     DataActionTools,
     GenesysApi,
     redact,
-    region_domain,
     requested_actions,
     tool_name,
 )

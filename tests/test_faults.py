@@ -27,9 +27,9 @@ from fake_genesys_api import FakeAction
 from test_data_actions import ACCOUNT_SCHEMA
 from websockets.asyncio.client import connect
 
-from call_simulator import GenesysCall
-from realtime_simulator import Script, Turn
-from utils import silence, speech_like
+from simulators.audio import silence, speech_like
+from simulators.call_simulator import GenesysCall
+from simulators.script import Script, Turn
 
 
 def _inodes_on_port(port: int) -> set[str]:

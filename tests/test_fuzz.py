@@ -28,10 +28,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from call_bridge import CallBridge, CallFailed
-from call_simulator import GenesysCall
 from oai_middleware import App
-from realtime_simulator import RealtimeSimulator, Script, Turn
-from utils import silence, speech_like
+from simulators.audio import silence, speech_like
+from simulators.call_simulator import GenesysCall
+from simulators.realtime_simulator import RealtimeSimulator
+from simulators.script import Script, Turn
 
 settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(

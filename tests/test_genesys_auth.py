@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.datastructures import Headers
 
+from config import ApiKey
 from genesys_auth import (
-    ApiKey,
     Authenticator,
     Failure,
     InnerList,

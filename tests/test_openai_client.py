@@ -22,7 +22,7 @@ from openai_client import (
     truncate,
     user_text,
 )
-from realtime_simulator import RealtimeValidator
+from simulators.realtime_simulator import RealtimeValidator
 
 VALIDATOR = RealtimeValidator()
 

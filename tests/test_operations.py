@@ -24,10 +24,10 @@ from fake_genesys_api import FakeAction
 from test_data_actions import ACCOUNT_RESULT, ACCOUNT_SCHEMA
 from websockets.exceptions import InvalidStatus
 
-from call_simulator import GenesysCall
 from log_setup import SecretMasker, configure_logging
-from realtime_simulator import Script, Turn
-from utils import silence, speech_like
+from simulators.audio import silence, speech_like
+from simulators.call_simulator import GenesysCall
+from simulators.script import Script, Turn
 
 
 def free_port() -> int:

@@ -10,8 +10,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from realtime_simulator import RealtimeValidator, Script, Turn
-from utils import silence, speech_like
+from simulators.audio import silence, speech_like
+from simulators.realtime_simulator import RealtimeValidator
+from simulators.script import Script, Turn
 
 VALIDATOR = RealtimeValidator()
 

@@ -24,8 +24,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 import audiohook_server
-from call_simulator import STEREO, GenesysCall
-from utils import speech_like
+from simulators.audio import speech_like
+from simulators.call_simulator import STEREO, GenesysCall
 
 
 @pytest.fixture(autouse=True)

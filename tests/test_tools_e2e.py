@@ -11,9 +11,9 @@ from conftest import API_KEY, ws_url
 from fake_genesys_api import CLIENT_SECRET, FakeAction
 from test_data_actions import ACCOUNT_RESULT, ACCOUNT_SCHEMA
 
-from call_simulator import GenesysCall
-from realtime_simulator import Script, Turn
-from utils import silence, speech_like
+from simulators.audio import silence, speech_like
+from simulators.call_simulator import GenesysCall
+from simulators.script import Script, Turn
 
 TOOL = "genesys_data_action_get_account"
 

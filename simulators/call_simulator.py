@@ -5,7 +5,7 @@ As a library (tests, benchmarks, the demo): `GenesysCall` opens a session with t
 `pause`/`resume` and `disconnect`, and records everything the server sends, flagging every
 protocol violation it sees (sequence gaps, bad `pong.clientseq`, malformed messages...).
 
-As a command: `python call_simulator.py ws://localhost:8080/audiohook --api-key KEY ...`; see
+As a command: `python -m simulators.call_simulator ws://localhost:8080/audiohook --api-key KEY ...`; see
 `--help` and README.md.
 """
 
@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from audiohook_protocol import MAX_MESSAGE_CHARS, MAX_OUTBOUND_BYTES, NULL_UUID, format_duration
 from genesys_auth import sign_request
-from utils import read_wav, silence, speech_like, write_wav
+from simulators.audio import read_wav, silence, speech_like, write_wav
 
 SERVER_TYPES = frozenset({"opened", "closed", "pong", "pause", "resume", "updated", "event", "disconnect"})
 MONO = {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000}

@@ -10,7 +10,7 @@ faults on demand (dropped sockets, refused connections, a session time limit).
 Every client event is validated against the `openai` package's own types when it is installed
 (`openai>=1.107.1`; see `RealtimeValidator`), so an off-spec field fails the test that sent it.
 
-As a command: `python realtime_simulator.py --port 8081`; point `OPENAI_REALTIME_URL` at it.
+As a command: `python -m simulators.realtime_simulator --port 8081`; point `OPENAI_REALTIME_URL` at it.
 """
 
 from __future__ import annotations
@@ -29,14 +29,16 @@ import sys
 import time
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from utils import read_wav, speech_like, ulaw_rms
+from simulators.audio import read_wav, speech_like
+from simulators.script import Script, Turn
+from utils import ulaw_rms
 
 log = logging.getLogger("realtime-simulator")
 
@@ -130,58 +132,6 @@ def load_validator(required: bool) -> RealtimeValidator | None:
             raise
         log.warning("the openai package is not installed: client events are not validated")
         return None
-
-
-# -- what the simulated model says -----------------------------------------------------------
-
-
-@dataclass
-class Turn:
-    """One scripted answer: speech, a function call, an MCP call, or an MCP approval request."""
-
-    say: str | None = None
-    seconds: float | None = None  # audio length; by default from the text (about 14 characters/s)
-    call: str | None = None
-    arguments: dict[str, Any] | None = None
-    mcp: dict[str, Any] | None = None  # {"server_label", "name", "arguments", "output"|"error"}
-    approval: dict[str, Any] | None = None  # {"server_label", "name", "arguments"}
-
-    def audio_seconds(self) -> float:
-        if self.seconds is not None:
-            return self.seconds
-        return max(0.6, len(self.say or "") / 14)
-
-
-DEFAULT_SUMMARY = {
-    "topics": ["simulated call"],
-    "decisions": [],
-    "action_items": [],
-    "sentiment": "neutral",
-}
-
-
-@dataclass
-class Script:
-    """Scripted behaviour: answers in order for ordinary turns, fixed ones for the connector's own."""
-
-    turns: list[Turn] = field(default_factory=list)
-    default: Turn = field(default_factory=lambda: Turn(say="Sure, I can help with that."))
-    farewell: Turn = field(default_factory=lambda: Turn(say="Thank you for calling. Goodbye!"))
-    filler: Turn = field(default_factory=lambda: Turn(say="One moment, please."))
-    first: Turn | None = None  # every session's first ordinary answer (before `turns`)
-    summary_text: str = json.dumps(DEFAULT_SUMMARY)
-    summary_delay: float = 0.0
-    caller_transcripts: list[str] = field(default_factory=list)
-
-    def answer(self, purpose: str | None, instructions: str | None, first: bool = False) -> Turn:
-        if purpose == "greeting":
-            quoted = re.findall(r'"([^"]+)"', instructions or "")
-            return Turn(say=quoted[-1] if quoted else "Hello! How can I help you today?")
-        if purpose in ("farewell", "filler"):
-            return self.farewell if purpose == "farewell" else self.filler
-        if first and self.first is not None:
-            return self.first
-        return self.turns.pop(0) if self.turns else self.default
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -399,6 +349,11 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
             base[key] = value
 
 
+_AUDIO_EVENTS = frozenset(
+    {"input_audio_buffer.append", "response.output_audio.delta", "response.output_audio_transcript.delta"}
+)
+
+
 class SimSession:
     """One simulated Realtime session (one WebSocket)."""
 
@@ -410,6 +365,8 @@ class SimSession:
         self.created_at = time.time()
         self.config = _default_session(model, int(self.created_at + sim.session_seconds), self.session_id)
         self.received: list[dict[str, Any]] = []
+        # (monotonic time, "in" or "out", event) of every event but audio, for timelines.
+        self.timeline: list[tuple[float, str, dict[str, Any]]] = []
         self.items: list[SimItem] = []
         self.active: SimResponse | None = None
         self.responses: list[SimResponse] = []
@@ -466,6 +423,8 @@ class SimSession:
 
     async def emit(self, type_: str, **fields: Any) -> None:
         event = {"type": type_, "event_id": self.sim.new_id("event"), **fields}
+        if type_ not in _AUDIO_EVENTS:
+            self.timeline.append((time.monotonic(), "out", event))
         if self.sim.validate_server and self.sim.validator is not None:
             for problem in self.sim.validator.problems(event, "server"):
                 self.sim.violations.append(f"simulator sent an invalid event: {problem}")
@@ -502,6 +461,8 @@ class SimSession:
             return
         if self.sim.keep_audio or event.get("type") != "input_audio_buffer.append":
             self.received.append(event)
+        if event.get("type") not in _AUDIO_EVENTS:
+            self.timeline.append((time.monotonic(), "in", event))
         if self.sim.drop_on is not None and self.sim.drop_on(event):
             self.drop()
             return
