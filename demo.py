@@ -2,45 +2,80 @@
 
     python demo.py
 
-The caller (generated speech, or `--wav`) talks to the bot through the connector exactly as a
-Genesys call would; the exchange is printed as it happens, then the output variables Architect
-would receive, and the bot's audio is written to `demo-bot.wav`. With `OPENAI_API_KEY` set in the
-environment the connector dials the real OpenAI Realtime API instead of the simulator (the call
-is still simulated, so nothing else is needed).
+The caller talks to the bot through the connector exactly as a Genesys call would: it listens to
+the greeting, says its turns (real words when eSpeak NG is there, `pip install espeakng-loader`;
+speech-like audio otherwise; `--say` for other words, `--wav` for a recording), listening to each
+answer, and waits for the bot to end the call. The exchange is printed as it happens, then the
+output variables Architect would receive, and the bot's audio, as the caller heard it, is written
+to `demo-bot.wav` (`--timeline call.html` draws the call).
+
+The settings are built as the server builds them (the environment over `.env`), with only the
+demo's own API key, host and port on top, and the simulator's URL when simulating: so with
+`OPENAI_API_KEY` set the connector dials the real OpenAI Realtime API with your `OPENAI_MODEL`,
+`OPENAI_VOICE` and every other setting (the call is still simulated). `--simulate` uses the
+simulator anyway.
+
+It exits non-zero, and writes no WAV, when the call failed (the connector could not reach the
+model, a protocol violation, the bot did not end the call); the exit codes are the call
+simulator's (`python -m simulators.call_simulator --help`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
-import os
 import sys
+import time
+from collections.abc import Mapping
 
-from config import load_settings
-from log_setup import configure_logging
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from config import ConfigError, Settings, load_settings, read_environment
+from log_setup import SecretMasker, configure_logging
 from oai_middleware import App
-from simulators.audio import read_wav, silence, speech_like, write_wav
-from simulators.call_simulator import GenesysCall
+from simulators import speech
+from simulators.audio import RATE, silence
+from simulators.call_simulator import (
+    CallError,
+    Exit,
+    GenesysCall,
+    UsageError,
+    bot_playout,
+    call_outcome,
+    heard_audio,
+    load_wav,
+    save_audio,
+)
 from simulators.realtime_simulator import RealtimeSimulator
 from simulators.script import Script, Turn
+from simulators.timeline import Timeline
 
 DEMO_KEY = "demo-api-key"
+SIMULATED_OPENAI_KEY = "sk-demo-simulated"
 GREETING = "Hello, thanks for calling the demo line. How can I help?"
+CALLER_WORDS = ("Hi, where is my order?", "Great, that's all, thank you.")
+ANSWER = "Of course. Your order shipped yesterday and arrives on Friday."
+BOT_QUIET = 0.8  # seconds of bot silence after which the caller takes its turn
+GREETING_WAIT = 3.0  # the bot may not greet at all (no INITIAL_GREETING): stop listening then
+ANSWER_WAIT = 12.0  # the longest the caller waits for an answer to finish
+FRAME = 0.2
 
 
-def demo_script() -> Script:
+def demo_script(caller_words: list[str]) -> Script:
+    """The simulated model: answers each turn, and ends the call after the caller's last one."""
+    answers = [Turn(say=ANSWER, seconds=3.0)]
+    answers += [Turn(say="Sure, I can help with that.", seconds=1.5)] * (len(caller_words) - 2)
+    end_call = Turn(
+        call="end_conversation_successfully",
+        arguments={"summary": "Order status given; it arrives Friday."},
+    )
     return Script(
-        turns=[
-            Turn(say="Of course. Your order shipped yesterday and arrives on Friday.", seconds=3.0),
-            Turn(
-                call="end_conversation_successfully",
-                arguments={"summary": "Order status given; it arrives Friday."},
-            ),
-        ],
-        caller_transcripts=["Hi, where is my order?", "Great, that's all, thank you."],
+        turns=[*answers[: len(caller_words) - 1], end_call],
+        caller_transcripts=list(caller_words),
         summary_text=json.dumps(
             {
                 "topics": ["order status"],
@@ -52,86 +87,203 @@ def demo_script() -> Script:
     )
 
 
-async def run(args: argparse.Namespace) -> int:
-    configure_logging("INFO" if args.verbose else "WARNING", "text")
-    real_openai = bool(os.environ.get("OPENAI_API_KEY")) and not args.simulate
-    sim = None
-    env = {
-        "GENESYS_API_KEY": DEMO_KEY,
-        "HOST": "127.0.0.1",
-        "INITIAL_GREETING": GREETING,
-        "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "sk-demo-simulated"),
-    }
-    if real_openai:
-        print("Connector -> the real OpenAI Realtime API (OPENAI_API_KEY is set)")
-    else:
-        sim = await RealtimeSimulator(demo_script(), strict=False).start()
-        env["OPENAI_REALTIME_URL"] = sim.url
-        print(f"Connector -> the local Realtime simulator at {sim.url}")
-    app = App(dataclasses.replace(load_settings(env), port=0))
-    await app.start()
-    url = f"ws://127.0.0.1:{app.port}/audiohook/demo-bot"
-    print(f"Simulated Genesys call -> {url}\n")
-    first_turn = read_wav(args.wav) if args.wav else speech_like(1.6, seed=1)
-    turns = [
-        ("listens to the greeting", silence(4.5)),
-        ("speaks", first_turn),
-        ("listens", silence(5.0)),
-        ("speaks", speech_like(1.4, seed=2)),
-        ("listens", silence(args.listen)),
-    ]
-    call = GenesysCall(
-        url,
-        api_key=DEMO_KEY,
-        connector_id=None,
-        input_variables={"AGENT_NAME": "Ava", "COMPANY_NAME": "Demo Corp"},
-        verbose=True,
-    )
+def demo_environment(env: Mapping[str, str], simulator_url: str | None) -> dict[str, str]:
+    """The server's environment, with only what the demo must set on top."""
+    values = dict(env)
+    values.pop("PORT", None)  # the demo listens on an ephemeral port
+    values.update(GENESYS_API_KEY=DEMO_KEY, HOST="127.0.0.1")
+    if simulator_url is not None:
+        values.update(OPENAI_REALTIME_URL=simulator_url, OPENAI_API_KEY=SIMULATED_OPENAI_KEY)
+        values.setdefault("INITIAL_GREETING", GREETING)  # the simulator has a script to follow
+    return values
+
+
+def demo_settings(env: Mapping[str, str], simulator_url: str | None) -> Settings:
+    return dataclasses.replace(load_settings(demo_environment(env, simulator_url)), port=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+    """One caller turn: how the exchange shows it, and its audio."""
+
+    label: str
+    audio: bytes
+
+
+def caller_turns(words: list[str], wav: str | None) -> list[Utterance]:
+    turns = []
+    for n, text in enumerate(words):
+        audio, spoken = speech.spoken(text, seed=n + 1)
+        turns.append(Utterance(f"says {text!r}" if spoken else f"says {text!r} (speech-like audio)", audio))
+    if wav:
+        turns[0] = Utterance(f"plays {wav}", load_wav(wav))
+    return turns
+
+
+async def listen_to_answer(call: GenesysCall, *, start_within: float, most: float) -> None:
+    """Silence while the bot answers: until its answer has played and it has been quiet for a
+    moment, or it has not started within `start_within` s, or `most` s have passed."""
+    before = call.record.bot_audio_bytes
+    began = time.monotonic()
+    while call.record.disconnect is None:
+        await call.stream(silence(FRAME))
+        now = time.monotonic()
+        answered = call.record.bot_audio_bytes > before
+        if answered and call.bot_playing_until < now - BOT_QUIET:
+            return
+        if (not answered and now - began >= start_within) or now - began >= most:
+            return
+
+
+async def listen_until_hang_up(call: GenesysCall, most: float) -> None:
+    """Silence until the bot ends the call, for at most `most` seconds."""
+    deadline = time.monotonic() + most
+    while call.record.disconnect is None and time.monotonic() < deadline:
+        await call.stream(silence(FRAME))
+
+
+async def converse(call: GenesysCall, turns: list[Utterance], listen: float) -> None:
     try:
-        await call.connect()
         await call.open()
-        for what, audio in turns:
-            if call.record.disconnect is not None:
-                break
-            print(f"[{call.elapsed():6.2f}s] caller {what} ({len(audio) / 8000:.1f} s)", flush=True)
-            await call.stream(audio)
-        if call.record.disconnect is None:
-            await call.close()
-        else:
-            await call.wait_closed(5)
+    except CallError:  # a disconnect instead of opened: the call simulator answers it with close
+        await call.wait_closed(10)
+        return
+    print(f"[{call.elapsed():6.2f}s] caller listens to the greeting", flush=True)
+    await listen_to_answer(call, start_within=GREETING_WAIT, most=ANSWER_WAIT)
+    for n, turn in enumerate(turns):
+        if call.record.disconnect is not None:
+            break
+        print(f"[{call.elapsed():6.2f}s] caller {turn.label} ({len(turn.audio) / RATE:.1f} s)", flush=True)
+        await call.stream(turn.audio)
+        if n < len(turns) - 1:
+            await listen_to_answer(call, start_within=ANSWER_WAIT, most=ANSWER_WAIT)
+    await listen_until_hang_up(call, listen)
+    if call.record.disconnect is None:
+        await call.close()
+    else:
+        await call.wait_closed(10)
+
+
+async def start_model(
+    env: Mapping[str, str], words: list[str], simulate: bool
+) -> tuple[Settings, RealtimeSimulator | None]:
+    """The settings, and the Realtime simulator when simulating (None otherwise)."""
+    if not simulate:
+        return demo_settings(env, None), None
+    sim = await RealtimeSimulator(demo_script(words), strict=False).start()
+    try:
+        return demo_settings(env, sim.url), sim
+    except ConfigError:
+        await sim.stop()
+        raise
+
+
+async def run(args: argparse.Namespace) -> int:
+    env = read_environment()
+    words = args.say or list(CALLER_WORDS)
+    try:
+        turns = caller_turns(words, args.wav)
+        settings, sim = await start_model(env, words, args.simulate or not env.get("OPENAI_API_KEY"))
+    except (ConfigError, UsageError) as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return Exit.USAGE
+    masker = SecretMasker(settings.secrets())
+    configure_logging("INFO" if args.verbose else "WARNING", "text", masker)
+    if sim is not None:
+        print(f"Connector -> the local Realtime simulator at {sim.url}")
+    else:
+        per_call = settings.call_config("demo-bot", {})
+        print(
+            f"Connector -> the real OpenAI Realtime API at {settings.openai_realtime_url}"
+            f" (model {per_call.model}, voice {per_call.voice})"
+        )
+    app = App(settings, masker=masker)
+    try:
+        await app.start()
+        call = GenesysCall(
+            f"ws://127.0.0.1:{app.port}/audiohook/demo-bot",
+            api_key=DEMO_KEY,
+            input_variables={"AGENT_NAME": "Ava", "COMPANY_NAME": "Demo Corp"},
+            verbose=True,
+        )
+        print(f"Simulated Genesys call -> {call.url}\n")
+        refused = await place_call(call, turns, args.listen)
     finally:
-        await call.aclose()
         await app.stop()
         if sim is not None:
             await sim.stop()
-    return report(call, args.save)
+    return report(call, args, refused, sim)
 
 
-def report(call: GenesysCall, path: str) -> int:
+async def place_call(call: GenesysCall, turns: list[Utterance], listen: float) -> str | None:
+    """Dial and talk; says why when the connector could not be reached."""
+    try:
+        await call.connect()
+    except InvalidStatus as exc:
+        return f"the connector refused the call: HTTP {exc.response.status_code}"
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        return f"cannot reach the connector: {str(exc) or type(exc).__name__}"
+    try:
+        with contextlib.suppress(ConnectionClosed, TimeoutError):  # the outcome says what is missing
+            await converse(call, turns, listen)
+    finally:
+        await call.aclose()
+    return None
+
+
+def report(
+    call: GenesysCall, args: argparse.Namespace, refused: str | None, sim: RealtimeSimulator | None
+) -> int:
     record = call.record
-    print(f"\nBot audio received: {len(record.bot_audio) / 8000:.1f} s, saved to {path}")
-    write_wav(path, bytes(record.bot_audio))
+    code, why = call_outcome(call, refused=refused)
     variables = record.output_variables
+    if code is Exit.COMPLETED and not variables:
+        code = Exit.TIMEOUT
+        why = f"the bot did not end the call within --listen {args.listen:g} s: no output variables"
+    if args.timeline and code is not Exit.UNREACHABLE:
+        timeline = Timeline.from_call(call, title="Demo call")
+        for session in sim.sessions if sim is not None else []:
+            timeline.add_model_events(session.timeline)
+        timeline.write(args.timeline)
+        print(f"\nTimeline drawn in {args.timeline}")
     if variables:
-        print("Output variables for Architect:")
+        print("\nOutput variables for Architect:")
         for name, value in sorted(variables.items()):
             print(f"  {name} = {value}")
-    else:
-        print("The call ended without output variables (the caller hung up first).")
     if record.violations:
-        print("Protocol violations:", *record.violations, sep="\n  ")
-        return 1
-    return 0
+        print("\nProtocol violations:", *record.violations, sep="\n  ")
+    if code is not Exit.COMPLETED:
+        print(f"\ndemo: the call failed: {why} (no WAV written)", file=sys.stderr)
+        return code
+    heard = heard_audio(bot_playout(call))
+    if heard:
+        save_audio(args.save, heard)
+        print(f"\nBot audio received: {call.bot_audio_seconds:.1f} s, saved as heard to {args.save}")
+    else:
+        print("\nThe bot said nothing: no WAV written.")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the connector against simulators, with no account.")
-    parser.add_argument("--wav", help="caller audio for the first turn (any WAV)")
+    parser.add_argument(
+        "--say",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a caller turn, spoken with eSpeak NG when installed (repeatable;"
+        f" default: {' / '.join(CALLER_WORDS)})",
+    )
+    parser.add_argument("--wav", help="caller audio for the first turn instead (any PCM or μ-law WAV)")
     parser.add_argument(
         "--save", default="demo-bot.wav", help="where to write the bot audio (default demo-bot.wav)"
     )
+    parser.add_argument("--timeline", metavar="HTML", help="draw the call on a self-contained HTML page")
     parser.add_argument(
-        "--listen", type=float, default=8.0, help="seconds of silence after the caller's last turn"
+        "--listen",
+        type=float,
+        default=8.0,
+        help="after the caller's last turn, how long to wait for the bot to end the call (default 8)",
     )
     parser.add_argument(
         "--simulate", action="store_true", help="use the simulator even when OPENAI_API_KEY is set"

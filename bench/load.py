@@ -45,6 +45,7 @@ STAMP_BYTES = 12
 FRAME_BYTES = 1600  # 200 ms, as Genesys sends
 LEAD, FRAME_SECONDS, MIN_INTERVAL = 0.6, 0.2, 0.1  # the connector's pacing (playout.Playout)
 API_KEY = "bench-api-key"
+PROGRESS_EVERY = 5.0  # seconds between progress lines on stderr
 
 
 def stamp(magic: bytes, a: int, b: int) -> bytes:
@@ -273,12 +274,27 @@ async def callers_role(args: argparse.Namespace) -> list[dict]:
             if not args.churn_max:
                 break
 
+    async def ramp_progress() -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            errors = sum(1 for r in results if "error" in r)
+            print(
+                f"[load callers] {time.monotonic() - start:.0f} s: {len(first_round)}/{args.calls} calls"
+                f" opened, {errors} errors",
+                file=sys.stderr,
+                flush=True,
+            )
+
     lags: list[float] = []
     lag_task = asyncio.create_task(record_loop_lag(lags))
     tasks = [asyncio.create_task(slot(n)) for n in range(args.calls)]
+    progress_task = asyncio.create_task(ramp_progress())
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(args.ramp + 30):
             await opened.wait()
+    progress_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await progress_task
     print(f"steady {time.monotonic() if opened.is_set() else 0.0} {steady_at} {end_at}", flush=True)
     await asyncio.gather(*tasks)
     lag_task.cancel()
@@ -480,6 +496,19 @@ def role(me: list[str], args: argparse.Namespace, name: str, out: Path, **extra:
     return pinned(1, argv)
 
 
+def print_progress(metrics: dict[str, float], elapsed: float, window: float, stats: ProcessStats) -> None:
+    """One line on stderr: how far the measured window is, and what the connector counts."""
+    frames_in = sum_of(metrics, "connector_audio_frames_total", "caller_to_connector")
+    frames_out = sum_of(metrics, "connector_audio_frames_total", "connector_to_caller")
+    print(
+        f"[load] {elapsed:.0f} s of {window:.0f}: {metrics.get('connector_active_calls', 0):.0f} calls up,"
+        f" frames {frames_in:.0f} in / {frames_out:.0f} out, {sum_of(metrics, 'connector_errors_total'):.0f}"
+        f" errors, RSS {stats.memory() / 2**20:.1f} MiB",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def orchestrate(args: argparse.Namespace) -> dict:
     from fake_genesys_api import CLIENT_ID, CLIENT_SECRET
 
@@ -545,8 +574,12 @@ def orchestrate(args: argparse.Namespace) -> dict:
         cpu_start, t_start = stats.cpu(), time.monotonic()
         peak_rss = stats.memory()
         next_sample = t_start
+        next_progress = t_start + PROGRESS_EVERY
         while time.monotonic() < end:
             peak_rss = max(peak_rss, stats.memory())
+            if time.monotonic() >= next_progress:
+                print_progress(scrape(connector_port), time.monotonic() - t_start, end - t_start, stats)
+                next_progress += PROGRESS_EVERY
             if args.sample_every and time.monotonic() >= next_sample:
                 metrics = scrape(connector_port)
                 samples.append(

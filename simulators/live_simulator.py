@@ -1,6 +1,6 @@
 """A local stand-in for OpenAI GPT-Live (the full-duplex voice API), for tests and the demo.
 
-It follows /work/shared/spec/openai-live.md: `session.start` first, one continuous output track of
+It follows the project's GPT-Live specification: `session.start` first, one continuous output track of
 100 ms `session.output_audio.delta` frames at real time (silence included) that runs at most
 ~2.5 s ahead of the caller's audio and freezes when input stops, turn taking and barge-in decided
 by the model itself (no event says so), timeline-stamped transcripts with no done events,
