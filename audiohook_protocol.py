@@ -97,6 +97,7 @@ class OpenRequest:
     input_variables: dict[str, str]
     language: str | None
     probe: bool
+    wants_languages: bool = False  # `supportedLanguages: true`: list them in `opened`
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ def _parse_open(params: dict[str, Any]) -> OpenRequest:
         input_variables=input_variables,
         language=language if isinstance(language, str) else None,
         probe=_is_probe(conversation, participant["id"]),
+        wants_languages=params.get("supportedLanguages") is True,
     )
 
 
@@ -211,6 +213,7 @@ class ServerProtocol:
     audio_bytes_in: int = 0
     discarded_seconds: float = 0.0
     _violated: bool = field(default=False, repr=False)
+    _odd_byte: bytes = field(default=b"", repr=False)  # half a stereo sample pair, for the next frame
 
     # -- client to server --------------------------------------------------------------------
 
@@ -220,7 +223,7 @@ class ServerProtocol:
             raise ProtocolError("message too large")
         try:
             msg = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested deeper than the parser goes: malformed too
             raise ProtocolError("malformed JSON") from None
         if not isinstance(msg, dict):
             raise ProtocolError("message is not a JSON object")
@@ -299,7 +302,11 @@ class ServerProtocol:
         if not data or self.paused:
             return None
         if self.media.channels == 2:
-            data = data[self.media.external_index :: 2]
+            # Samples interleave across frames: an odd-length frame leaves half a pair, which
+            # belongs in front of the next frame, or the channels swap from then on.
+            data = self._odd_byte + data
+            whole = len(data) - len(data) % 2
+            data, self._odd_byte = data[self.media.external_index : whole : 2], data[whole:]
         self.audio_bytes_in += len(data)
         return data
 
@@ -324,11 +331,16 @@ class ServerProtocol:
             separators=(",", ":"),
         )
 
-    def opened(self) -> str:
+    def opened(self, supported_languages: tuple[str, ...] | None = None) -> str:
+        """`opened` with the selected media; with the languages when `open` asked for them (and
+        there are any to list)."""
         if self.media is None:
             raise RuntimeError("opened before a media selection")
         self.state = State.OPEN
-        return self._build("opened", {"media": [self.media.offer]})
+        params: dict[str, Any] = {"media": [self.media.offer]}
+        if supported_languages:
+            params["supportedLanguages"] = list(supported_languages)
+        return self._build("opened", params)
 
     def pong(self, ping_seq: int) -> str:
         return self._build("pong", {}, clientseq=ping_seq)

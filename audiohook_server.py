@@ -33,7 +33,7 @@ from call_control import empty_output_variables
 from log_setup import conversation_id_var
 from metrics import Metrics
 from playout import Interruption, Playout
-from utils import release_frames, send_within
+from utils import cancel_and_wait, release_frames, send_within
 
 log = logging.getLogger("audiohook")
 
@@ -44,6 +44,7 @@ READ_IDLE_TIMEOUT = 60.0  # nothing at all from Genesys (not even a ping) for th
 HANDLER_STOP_TIMEOUT = 5.0
 MAX_CONTROL_QUEUE = 256
 DEFAULT_RETRY_AFTER = 1.0
+MAX_RETRY_AFTER = 30.0  # a longer `retryAfter` would silence the bot for most of a call
 SHUTDOWN_INFO = "server shutting down"
 
 Sent = Callable[[float], None]  # called with the loop time once a message is on the wire
@@ -59,6 +60,14 @@ class CallHandler(Protocol):
         """Caller audio (PCMU, external channel), in order."""
 
     def on_dtmf(self, digit: str) -> None: ...
+
+    def on_pause(self) -> None:
+        """Genesys paused the stream: no caller audio comes, no bot audio is played."""
+
+    def on_resume(self) -> None: ...
+
+    def on_language(self, language: str) -> None:
+        """An `update` switched the call's language."""
 
     def output_variables(self, failure: str | None = None) -> dict[str, str]:
         """Output variables for a `disconnect` the session sends on its own (errors, shutdown)."""
@@ -78,8 +87,10 @@ class AudioHookSession:
         handler_factory: HandlerFactory,
         metrics: Metrics,
         default_outputs: Callable[[str | None], dict[str, str]] = empty_output_variables,
+        supported_languages: tuple[str, ...] = (),
     ) -> None:
         self.ws = ws
+        self.supported_languages = supported_languages
         self.session_id = session_id
         self.organization_id = organization_id.lower()
         self.connector_id = connector_id
@@ -165,39 +176,36 @@ class AudioHookSession:
 
     async def _release(self) -> None:
         self._finished.set()
-        await self._stop_handler()
-        # Let the writer put out what is queued (closed, disconnect) before the socket goes.
-        if self._control and self._writer_task is not None and not self._writer_task.done():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._drained.wait()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(SOCKET_GRACE):
-                await self.ws.close()
-        # A finished task keeps its cancellation, whose traceback holds this session: drop the
-        # task so that the call is freed at once rather than by a full garbage collection.
-        writer, self._writer_task = self._writer_task, None
-        if writer is not None:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-        self._control.clear()  # what was never sent holds callbacks into this session
-        self.metrics.calls.labels(self.outcome or "unknown").inc()
-        log.info(
-            "session ended: %s (caller audio %d bytes)",
-            self.end_reason or "closed",
-            self.protocol.audio_bytes_in,
-        )
-        self.handler = None  # the handler links back to this session: free both now
+        try:
+            await self._stop_handler()
+            # Let the writer put out what is queued (closed, disconnect) before the socket goes.
+            if self._control and self._writer_task is not None and not self._writer_task.done():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._drained.wait()
+        finally:
+            # Even when this session's own task is being cancelled: nothing may outlive it.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(SOCKET_GRACE):
+                    await self.ws.close()
+            # A finished task keeps its cancellation, whose traceback holds this session: drop
+            # the task so that the call is freed at once rather than by a full garbage collection.
+            writer, self._writer_task = self._writer_task, None
+            if writer is not None:
+                await cancel_and_wait(writer)
+            self._control.clear()  # what was never sent holds callbacks into this session
+            self.metrics.calls.labels(self.outcome or "unknown").inc()
+            log.info(
+                "session ended: %s (caller audio %d bytes)",
+                self.end_reason or "closed",
+                self.protocol.audio_bytes_in,
+            )
+            self.handler = None  # the handler links back to this session: free both now
 
     async def _stop_handler(self) -> None:
         task, self._handler_task = self._handler_task, None
-        if task is None or task.done():
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            async with asyncio.timeout(HANDLER_STOP_TIMEOUT):
-                await task
+        if task is not None and not task.done():
+            await cancel_and_wait(task, HANDLER_STOP_TIMEOUT)
 
     async def shutdown(self) -> None:
         """The server is going away: end this call properly, with the output variables."""
@@ -251,7 +259,10 @@ class AudioHookSession:
         self.open_request = request
         conversation_id_var.set(request.conversation_id)
         received = self._loop.time()
-        self._queue(self.protocol.opened(), lambda sent: self.metrics.time_to_opened.observe(sent - received))
+        languages = self.supported_languages if request.wants_languages else None
+        self._queue(
+            self.protocol.opened(languages), lambda sent: self.metrics.time_to_opened.observe(sent - received)
+        )
         if request.probe:
             log.info("connection probe answered")
             self.end_reason = "probe"
@@ -285,6 +296,10 @@ class AudioHookSession:
 
     def _on_update(self, msg: ClientMessage) -> None:
         self._queue(self.protocol.updated())
+        language = msg.parameters.get("language")
+        if language and self.handler is not None:
+            log.info("Genesys switched the language to %s", language[:35])
+            self.handler.on_language(language[:35])
 
     def _on_error(self, msg: ClientMessage) -> None:
         code = msg.parameters["code"]
@@ -293,6 +308,9 @@ class AudioHookSession:
         if code == 429:
             retry = msg.parameters.get("retryAfter")
             seconds = parse_duration(retry) if retry is not None else DEFAULT_RETRY_AFTER
+            if seconds > MAX_RETRY_AFTER:
+                log.warning("retryAfter of %g s clamped to %g s", seconds, MAX_RETRY_AFTER)
+                seconds = MAX_RETRY_AFTER
             self.playout.hold(self._loop.time() + seconds)
 
     def _on_dtmf(self, msg: ClientMessage) -> None:
@@ -301,9 +319,16 @@ class AudioHookSession:
 
     def _on_paused(self, msg: ClientMessage) -> None:
         log.info("Genesys paused the audio")
+        self.playout.paused = True
+        if self.handler is not None:
+            self.handler.on_pause()
 
     def _on_resumed(self, msg: ClientMessage) -> None:
         log.info("Genesys resumed the audio")
+        self.playout.paused = False
+        self._wake.set()
+        if self.handler is not None:
+            self.handler.on_resume()
 
     def _on_playback_started(self, msg: ClientMessage) -> None:
         self._playback_seen = True
@@ -435,6 +460,15 @@ class AudioHookSession:
     def send_event(self, entity: dict) -> None:
         if self.is_open:
             self._queue(self.protocol.event([entity]))
+
+    async def wait_item_played(self, response_id: str, item_id: str) -> None:
+        """Until the caller has heard all of this item, or it was cut."""
+        while True:
+            now = self._loop.time()
+            end = self.playout.item_end(response_id, item_id)
+            if end is not None and end <= now:
+                return
+            await asyncio.sleep(0.1 if end is None else max(0.02, end - now))
 
     async def wait_played(self) -> None:
         """Until every queued byte was sent and played out (and Genesys said so, if it does)."""

@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
+import itertools
 import json
 import logging
-import time
+import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Protocol
@@ -40,13 +42,14 @@ from call_control import (
     parse_arguments,
     summary_json,
 )
-from config import ApprovalPolicy, CallConfig, Settings
+from config import ApprovalPolicy, CallConfig, Settings, iso_639_1
 from genesys_actions import DataActionTools, GenesysApi
 from instructions import ToolNote, build_instructions
 from metrics import Metrics
 from openai_client import (
     RealtimeConfig,
     RealtimeConnection,
+    Request,
     ResponseGate,
     Transcript,
     Usage,
@@ -54,14 +57,15 @@ from openai_client import (
     function_output,
     history_events,
     lock_turns,
+    response_cancel,
     response_create,
     session_update,
     system_text,
     truncate,
     user_text,
 )
-from playout import Interruption
-from utils import release_frames
+from playout import Cut, Interruption
+from utils import ULAW_SILENCE, release_frames
 
 log = logging.getLogger("bridge")
 
@@ -72,9 +76,67 @@ ITEMS_TRACKED = 16
 LIMIT_CHECK_SECONDS = 1.0
 TOOLS_READY_WAIT = 3.0  # the first session.update waits this long for Data Action schemas
 FILLER = "A lookup is taking a moment. Tell the caller in a few words that you are still checking."
-FATAL_ERROR_CODES = frozenset({"beta_api_shape_disabled", "model_not_found", "invalid_api_key"})
+# Errors no retry can cure: the call ends at once, with escalation.
+FATAL_ERROR_CODES = frozenset(
+    {
+        "beta_api_shape_disabled",
+        "model_not_found",
+        "invalid_api_key",
+        "insufficient_quota",
+        "account_deactivated",
+        "billing_hard_limit_reached",
+        "credit_balance_exhausted",
+    }
+)
 HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active", "input_audio_buffer_commit_empty"})
 OUT_OF_BAND = "summary"  # the purpose of the one response that runs outside the conversation
+SESSION_LIFETIME = 3600.0  # OpenAI's documented session limit, when the session does not say
+HEALTHY_AFTER_SECONDS = 3.0  # a confirmed socket alive this long has proved the outage over
+OWN_ID = "cx"  # the prefix of every item id we create (at most 32 characters in all)
+REPLAY_SECONDS = 5.0  # caller audio kept to replay an utterance a dropped socket cut
+PAUSE_SILENCE_BYTES = 6400  # 0.8 s: enough for turn detection to hear the caller stop
+
+
+class ReconnectBudget:
+    """One budget of `OPENAI_RECONNECT_SECONDS` per outage, with backoff across all attempts.
+
+    An outage starts at the first failure (a refused or unreachable connection, or a socket that
+    closed before it proved healthy) and ends only when a socket proves healthy: accepting a
+    connection is not recovering from the outage.
+    """
+
+    BASE = 0.2
+    CAP = 2.0
+
+    def __init__(self, seconds: float, clock: Callable[[], float], rng: random.Random | None = None) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.deadline: float | None = None
+        self.attempts = 0
+
+    @property
+    def in_outage(self) -> bool:
+        return self.deadline is not None
+
+    def remaining(self) -> float:
+        return self.seconds if self.deadline is None else self.deadline - self.clock()
+
+    def failed(self) -> float | None:
+        """One more failed attempt: the delay before the next one, or None when the budget is spent."""
+        if self.deadline is None:
+            self.deadline = self.clock() + self.seconds
+        self.attempts += 1
+        remaining = self.deadline - self.clock()
+        if remaining <= 0:
+            return None
+        backoff = min(self.CAP, self.BASE * 2 ** (self.attempts - 1)) * self.rng.uniform(0.5, 1.0)
+        return min(backoff, remaining)
+
+    def healthy(self) -> int:
+        """The outage is over; the number of failed attempts it took."""
+        attempts, self.deadline, self.attempts = self.attempts, None, 0
+        return attempts
 
 
 def _at(value: Any, *path: str) -> Any:
@@ -93,6 +155,10 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
 class CallFailed(Exception):
     """The call cannot go on; the text goes in the `disconnect` info."""
 
@@ -106,6 +172,7 @@ class CallLink(Protocol):
     def audio_busy(self) -> bool: ...
     def send_event(self, entity: dict[str, Any]) -> None: ...
     async def wait_played(self) -> None: ...
+    async def wait_item_played(self, response_id: str, item_id: str) -> None: ...
     async def disconnect(
         self, reason: str, info: str | None = None, output_variables: dict[str, str] | None = None
     ) -> None: ...
@@ -163,7 +230,6 @@ class CallBridge:
         self.conn: RealtimeConnection | None = None
         self.ready = False  # caller audio may go straight to OpenAI
         self.format_ok = False  # OpenAI confirmed audio/pcmu output on this socket
-        self.caller_speaking = False
         self.generation = 0  # OpenAI sockets used so far
         self.rate_limits: list[dict[str, Any]] = []
         self.started = link.now()
@@ -193,6 +259,17 @@ class CallBridge:
         self._late_results: list[dict[str, Any]] = []  # tool results for a replaced socket
         self._mcp_items: dict[str, str] = {}  # MCP item id -> "label" or "label/tool", for logs
         self._speech_ended_at: float | None = None  # for the time to first bot audio
+        self.paused = False
+        self._limits_wake = asyncio.Event()
+        self._ids = itertools.count(1)
+        self._confirmed_at: float | None = None  # session.updated on this socket
+        self._completed = False  # a response completed on this socket
+        self._held_errors: list[str] = []  # errors of a socket that has not proved healthy yet
+        self._truncated: set[str] = set()  # items told what the caller heard
+        self._recent = bytearray()  # the latest caller audio sent on this socket, for a replay
+        self._socket_bytes = 0  # caller audio sent on this socket
+        self._speech_start_byte: int | None = None  # where the caller's current utterance began
+        self._replay = b""  # caller audio of an utterance the last socket cut short
         self.realtime = self._realtime_config()
 
     def _realtime_config(self) -> RealtimeConfig:
@@ -211,7 +288,7 @@ class CallBridge:
             vad_prefix_padding_ms=call.vad_prefix_padding_ms,
             vad_eagerness=call.vad_eagerness,
             transcription_model=call.transcription_model,
-            transcription_language=None,
+            transcription_language=iso_639_1(call.language),
             noise_reduction=call.noise_reduction,
             max_output_tokens=call.max_output_tokens,
             tools=(*CALL_CONTROL_TOOLS, *(data.definitions if data else ()), *call.mcp_tools),
@@ -240,6 +317,7 @@ class CallBridge:
     def on_audio(self, audio: bytes) -> None:
         if self.ready and self.conn is not None:
             self.conn.send(append_audio(audio))
+            self._keep_recent(audio)
             return
         self._pending_audio += audio
         excess = len(self._pending_audio) - MAX_BUFFERED_CALLER_AUDIO
@@ -248,6 +326,13 @@ class CallBridge:
             if not self._dropped_warned:
                 self._dropped_warned = True
                 log.warning("OpenAI not ready for 10 s of caller audio; keeping only the latest 10 s")
+
+    def _keep_recent(self, audio: bytes) -> None:
+        self._socket_bytes += len(audio)
+        self._recent += audio
+        excess = len(self._recent) - int(REPLAY_SECONDS * 8000)
+        if excess > 0:
+            del self._recent[:excess]
 
     def on_dtmf(self, digit: str) -> None:
         if self.outcome is not None:
@@ -262,6 +347,28 @@ class CallBridge:
         else:
             self._dtmf_wake.set()
 
+    def on_pause(self) -> None:
+        """Genesys paused the stream: the idle timer stands still, limits wait for `resumed`, and
+        the caller's turn is closed with a little silence, so that no one waits on the end of an
+        utterance that will not come."""
+        self.paused = True
+        if self.gate.caller_speaking and self.ready and self.conn is not None:
+            self.conn.send(append_audio(ULAW_SILENCE * PAUSE_SILENCE_BYTES))
+
+    def on_resume(self) -> None:
+        self.paused = False
+        self.limits.activity(self.link.now())  # the idle timer starts over
+        self._limits_wake.set()
+
+    def on_language(self, language: str) -> None:
+        """An `update` switched the call's language: instructions and transcription follow."""
+        if language == self.call.language:
+            return
+        self.call = dataclasses.replace(self.call, language=language)
+        self.realtime = self._realtime_config()
+        if self.outcome is None:
+            self._send(session_update(self.realtime, event_id=self._new_id("l")))
+
     def output_variables(self, failure: str | None = None) -> dict[str, str]:
         return output_variables(
             usage=self.usage,
@@ -274,63 +381,109 @@ class CallBridge:
     # -- connection life cycle ---------------------------------------------------------------
 
     async def _converse(self) -> None:
+        budget = ReconnectBudget(self.settings.openai_reconnect_seconds, self.link.now)
         while True:
-            deadline = self.link.now() + self.settings.openai_reconnect_seconds
-            conn = await self._connect(deadline)
-            if self.generation == 0 and self.data_tools is not None:
-                # Schemas are fetched while OpenAI connects; a slow Genesys adds them later.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(TOOLS_READY_WAIT):
-                        await self._tools_ready.wait()
+            conn = await self._connect(budget)
+            try:
+                if self.generation == 0 and self.data_tools is not None:
+                    # Schemas are fetched while OpenAI connects; a slow Genesys adds them later.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(TOOLS_READY_WAIT):
+                            await self._tools_ready.wait()
+            except BaseException:
+                await conn.close()  # hung up meanwhile: the socket is not attached yet
+                raise
             self._attach(conn)
             outcome = await self._pump(conn)
+            healthy = self._proved_healthy()
             await self._detach()
-            if outcome == "dropped":
-                log.warning("OpenAI connection lost; reconnecting")
-            else:
-                log.info("replacing the OpenAI session before it expires")
             self.metrics.openai_reconnects.labels(outcome).inc()
+            if healthy and budget.in_outage:
+                log.info("OpenAI session restored after %d failed attempts", budget.healthy())
+            if outcome == "recycled":
+                log.info("replacing the OpenAI session before it expires")
+                continue
+            if not healthy:
+                self.metrics.openai_attempts.labels("failed_early").inc()
+            last = self._held_errors[-1].split(":", 1)[0] if self._held_errors else "no error given"
+            what = f"OpenAI closed the session ({last})"
+            await self._back_off(budget, "OpenAI connection lost" if healthy else what)
 
-    async def _connect(self, deadline: float) -> RealtimeConnection:
-        delay = 0.25
-        report = log.warning  # the first failure of an outage; the retries at DEBUG
+    def _log_held_errors(self) -> None:
+        if self._held_errors and self._proved_healthy():
+            for error in self._held_errors:
+                log.warning("OpenAI error %s", error)
+            self._held_errors = []
+
+    def _proved_healthy(self) -> bool:
+        """Confirmed and alive a few seconds, or a response completed: more than a handshake."""
+        if self._confirmed_at is None:
+            return False
+        return self._completed or self.link.now() - self._confirmed_at >= HEALTHY_AFTER_SECONDS
+
+    async def _back_off(self, budget: ReconnectBudget, what: str) -> None:
+        """Wait before the next attempt of this outage; CallFailed once its budget is spent."""
+        first = not budget.in_outage
+        delay = budget.failed()
+        if delay is None:
+            raise CallFailed("OpenAI unreachable")
+        if first:  # one line per outage; the attempts that follow at DEBUG
+            log.warning("%s; reconnecting for up to %g s", what, self.settings.openai_reconnect_seconds)
+        else:
+            log.debug("%s (attempt %d); retrying in %.2f s", what, budget.attempts, delay)
+        await asyncio.sleep(delay)
+
+    async def _connect(self, budget: ReconnectBudget) -> RealtimeConnection:
         while True:
-            remaining = deadline - self.link.now()
-            if remaining <= 0:
-                raise CallFailed("OpenAI unreachable")
+            remaining = budget.remaining()
             try:
-                return await self.connector(
+                conn = await self.connector(
                     self.settings.openai_realtime_url,
                     self.realtime.model,
                     self.settings.openai_api_key,
-                    min(remaining, 10.0),
+                    max(0.5, min(remaining, 10.0)),
                 )
             except InvalidStatus as exc:
                 status = exc.response.status_code
+                self.metrics.openai_attempts.labels("refused").inc()
                 if status in (401, 403, 404):
                     raise CallFailed(f"OpenAI refused the connection (HTTP {status})") from None
-                report("OpenAI refused the connection (HTTP %d); retrying", status)
+                what = f"OpenAI refused the connection (HTTP {status})"
             except (OSError, TimeoutError, InvalidHandshake) as exc:
-                report("cannot reach OpenAI (%s); retrying", type(exc).__name__)
-            report = log.debug
-            await asyncio.sleep(min(delay, max(0.0, deadline - self.link.now())))
-            delay = min(delay * 2, 2.0)
+                self.metrics.openai_attempts.labels("unreachable").inc()
+                what = f"cannot reach OpenAI ({type(exc).__name__})"
+            else:
+                self.metrics.openai_attempts.labels("connected").inc()
+                return conn
+            await self._back_off(budget, what)
 
     def _attach(self, conn: RealtimeConnection) -> None:
         restoring = self.generation > 0
         self.generation += 1
         self.conn = conn
         self.format_ok = False
+        self._confirmed_at = None
+        self._completed = False
+        self._held_errors = []
+        self._recent.clear()
+        self._socket_bytes = 0
+        self._speech_start_byte = None
+        self.gate.turns_locked = self.outcome is not None
         conn.send(session_update(self.realtime, event_id=f"session-update-{self.generation}"))
         if restoring:
-            for event in history_events(self.transcript):
+            for event in history_events(self.transcript, lambda: self._new_id("h")):
                 conn.send(event)
             self._deliver_late_results()
         self.ready = True
-        pending, self._pending_audio = bytes(self._pending_audio), bytearray()
+        # The utterance the old socket cut short first (the caller was speaking), then what
+        # arrived while reconnecting: in order, as the caller said it.
+        pending = self._replay + bytes(self._pending_audio)
+        self._replay, self._pending_audio = b"", bytearray()
         self._dropped_warned = False
         for start in range(0, len(pending), MAX_APPEND_BYTES):
-            conn.send(append_audio(pending[start : start + MAX_APPEND_BYTES]))
+            chunk = pending[start : start + MAX_APPEND_BYTES]
+            conn.send(append_audio(chunk))
+            self._keep_recent(chunk)
         log.info(
             "OpenAI session %s (model %s, voice %s)",
             "restored" if restoring else "started",
@@ -342,24 +495,23 @@ class CallBridge:
             if not self._farewell_done.is_set():
                 self._ask_farewell()
         elif restoring and resume:
-            self._request(response_create())
+            self._request()
         elif not restoring and self.call.greeting:
             self._request(
-                response_create(
-                    instructions=f"{self.realtime.instructions}\n\n"
-                    f'Greet the caller now, saying: "{self.call.greeting}"',
-                    purpose="greeting",
-                )
+                "greeting",
+                f'{self.realtime.instructions}\n\nGreet the caller now, saying: "{self.call.greeting}"',
             )
 
     async def _detach(self) -> None:
         self.ready = False
         conn, self.conn = self.conn, None
+        if self.gate.caller_speaking and self._speech_start_byte is not None:
+            spoken = self._socket_bytes - self._speech_start_byte
+            self._replay = bytes(self._recent[-spoken:]) if spoken > 0 else b""
         self._resume = self.gate.reset() or self._resume
         self._stale.clear()
         self._out_of_band.clear()
         self._recycle_at = None
-        self.caller_speaking = False
         if conn is not None:
             await conn.close()
 
@@ -370,9 +522,11 @@ class CallBridge:
         finally:
             self._tools_ready.set()
         self.realtime = self._realtime_config()
+        if self.outcome is not None:
+            return  # ending: no tool is wanted any more, and turns stay locked
         if self.conn is not None and self.data_tools.tools:
             log.info("data actions ready after the call started; updating the session")
-            self._send(session_update(self.realtime, event_id=f"session-update-tools-{self.generation}"))
+            self._send(session_update(self.realtime, event_id=f"tools-update-{self.generation}"))
 
     async def _pump(self, conn: RealtimeConnection) -> str:
         while True:
@@ -395,20 +549,31 @@ class CallBridge:
 
     def _quiet(self) -> bool:
         """A moment to replace the OpenAI session without anyone noticing."""
-        return self.outcome is None and not (self.gate.busy or self.caller_speaking or self.link.audio_busy())
+        return self.outcome is None and not (
+            self.gate.busy or self.gate.caller_speaking or self.link.audio_busy()
+        )
+
+    def _new_id(self, kind: str) -> str:
+        """An id for something we create: short (the service takes at most 32 characters) and
+        recognisable (its echoes are ours)."""
+        return f"{OWN_ID}{self.generation}{kind}{next(self._ids)}"
 
     def _go_on(self) -> None:
         """Let the model answer what was just added (a tool result, digits, an approval)."""
         if self.outcome is None:  # never another answer after the goodbye
-            self._request(response_create())
+            self._request()
 
-    def _request(self, event: dict[str, Any]) -> None:
+    def _request(self, purpose: str = "answer", instructions: str | None = None) -> None:
         if self.conn is None:
             self._resume = True  # asked for again once a new socket is attached
             return
-        ready = self.gate.request(event)
-        if ready is not None:
-            self.conn.send(ready)
+        request_id = self._new_id("r")
+        event = response_create(request_id, purpose, instructions=instructions)
+        self._send_request(self.gate.request(Request(request_id, purpose, event), self.link.now()))
+
+    def _send_request(self, request: Request | None) -> None:
+        if request is not None and self.conn is not None:
+            self.conn.send(request.event)
 
     def _send(self, event: dict[str, Any]) -> None:
         if self.conn is not None:
@@ -428,11 +593,14 @@ class CallBridge:
             getattr(self, name)(event)
 
     def on_session_created(self, event: dict[str, Any]) -> None:
-        expires_at = _at(event, "session", "expires_at")
-        if isinstance(expires_at, int | float) and not isinstance(expires_at, bool) and expires_at > 0:
-            lifetime = expires_at - time.time()
-            margin = min(RECYCLE_MARGIN_SECONDS, max(lifetime, 0.0) / 4)
-            self._recycle_at = self.link.now() + lifetime - margin
+        # The session's own two stamps, when it gives both: the host clock need not agree with
+        # OpenAI's. Otherwise the documented lifetime, counted from now.
+        created, expires = _at(event, "session", "created_at"), _at(event, "session", "expires_at")
+        lifetime = SESSION_LIFETIME
+        if _number(created) and _number(expires) and expires > created:
+            lifetime = expires - created
+        margin = min(RECYCLE_MARGIN_SECONDS, lifetime / 4)
+        self._recycle_at = self.link.now() + lifetime - margin
 
     def on_session_updated(self, event: dict[str, Any]) -> None:
         output = _at(event, "session", "audio", "output", "format")
@@ -440,9 +608,13 @@ class CallBridge:
         if kind != "audio/pcmu":
             raise CallFailed(f"OpenAI output format is {kind!r}, not audio/pcmu")
         self.format_ok = True
+        if self._confirmed_at is None:
+            self._confirmed_at = self.link.now()
 
     def on_speech_started(self, event: dict[str, Any]) -> None:
-        self.caller_speaking = True
+        self.gate.speech_started()
+        start_ms = event.get("audio_start_ms")
+        self._speech_start_byte = start_ms * 8 if _number(start_ms) else self._socket_bytes
         self.limits.activity(self.link.now())
         if self.outcome is None:  # the farewell is never cut
             self._interrupt()
@@ -451,41 +623,58 @@ class CallBridge:
         """The caller cut in: stop the bot's audio and tell the model what was heard.
 
         On speech the server's VAD cancels the running response itself; for keypad input
-        (`cancel`) it does not know, so the response is cancelled here.
+        (`cancel`) it does not know, so the response is cancelled here, and so is one that was
+        asked for and has not started yet.
         """
         if self.gate.active is not None:
             self._stale.add(self.gate.active)  # drop its late deltas
             if cancel:
-                self._send({"type": "response.cancel"})
-        cut = self.link.barge_in()
-        if cut is None:
+                self._send(response_cancel())
+        if cancel:
+            if self.gate.in_flight is not None:
+                self.gate.in_flight.cancel = True
+            self.gate.discard("answer")
+        interruption = self.link.barge_in()
+        if interruption is None:
             return
+        for cut in interruption.cuts:
+            self._cut(cut)
+        first = interruption.cuts[0]
+        log.info(
+            "barge-in: the caller heard %d of %d ms sent; %d item(s) cut, %d ms queued dropped",
+            first.heard_ms,
+            first.sent_ms,
+            len(interruption.cuts),
+            interruption.dropped_bytes // 8,
+        )
+
+    def _cut(self, cut: Cut) -> None:
+        """Tell OpenAI what the caller heard of one item (0 ms when nothing), and keep the
+        transcript saying the same."""
         self._stale.add(cut.response_id)
         received_ms = self._item_bytes.get(cut.item_id, 0) // 8
         heard_ms = min(cut.heard_ms, received_ms)
         if self._item_generation.get(cut.item_id) == self.generation:
             self._send(truncate(cut.item_id, heard_ms))
-        if received_ms:
-            self._heard[cut.item_id] = heard_ms / received_ms
-            self.transcript.cut(cut.item_id, heard_ms / received_ms)
-        log.info(
-            "barge-in: the caller heard %d of %d ms sent; %d ms queued dropped",
-            heard_ms,
-            cut.sent_ms,
-            cut.dropped_bytes // 8,
-        )
+            self._truncated.add(cut.item_id)
+        fraction = heard_ms / received_ms if received_ms else 0.0
+        self._heard[cut.item_id] = fraction
+        self.transcript.cut(cut.item_id, fraction)
 
     def on_speech_stopped(self, event: dict[str, Any]) -> None:
-        self.caller_speaking = False
         self._speech_ended_at = self.link.now()
+        self._speech_start_byte = None
         self.limits.activity(self._speech_ended_at)
+        self._send_request(self.gate.speech_stopped(self._speech_ended_at))
 
     def on_item_added(self, event: dict[str, Any]) -> None:
         kind, item_id = _at(event, "item", "type"), _at(event, "item", "id")
-        if kind == "message" and isinstance(item_id, str):
+        if not isinstance(item_id, str) or item_id.startswith(OWN_ID):
+            return  # an echo of an item of ours (restored history, digits): already known
+        if kind == "message":
             self.transcript.add_item(item_id, _text(_at(event, "item", "role")))
         elif kind == "mcp_list_tools":
-            self._mcp_items[str(item_id)] = str(_at(event, "item", "server_label"))
+            self._mcp_items[item_id] = str(_at(event, "item", "server_label"))
 
     def on_caller_transcript(self, event: dict[str, Any]) -> None:
         text = _text(event.get("transcript"))
@@ -498,11 +687,18 @@ class CallBridge:
         self.transcript.set_text(item_id, "assistant", text)
         if item_id in self._heard:
             self.transcript.cut(item_id, self._heard[item_id])
+        log.debug("assistant: %s", text)
+        response_id = _text(event.get("response_id"))
+        if response_id not in self._out_of_band:
+            self._spawn(self._report_turn(response_id, item_id), "bot-turn")
+
+    async def _report_turn(self, response_id: str, item_id: str) -> None:
+        """Once the turn has played (or was cut), tell Genesys what the caller heard of it, for
+        its historical reporting of bot turns."""
+        await self.link.wait_item_played(response_id, item_id)
         heard = self.transcript.text(item_id)
         if heard:
-            # For Genesys's historical reporting of bot turns: what the caller heard.
             self.link.send_event(bot_turn_entity("match", heard[:1000]))
-        log.debug("assistant: %s", text)
 
     def on_response_created(self, event: dict[str, Any]) -> None:
         response_id = _text(_at(event, "response", "id"))
@@ -513,9 +709,14 @@ class CallBridge:
         fmt = _at(event, "response", "audio", "output", "format")
         if isinstance(fmt, dict) and fmt.get("type") not in (None, "audio/pcmu"):
             raise CallFailed(f"OpenAI response format is {fmt.get('type')!r}, not audio/pcmu")
-        if purpose == "farewell":
+        request_id = _at(event, "response", "metadata", "request")
+        started = self.gate.created(response_id, request_id if isinstance(request_id, str) else None)
+        if started is not None and started.cancel:
+            # A key was pressed after we asked for this one: it must not be heard.
+            self._stale.add(response_id)
+            self._send(response_cancel(response_id))
+        if purpose == "farewell" and started is not None:
             self._farewell_id = response_id
-        self.gate.created(response_id)
 
     def on_audio_delta(self, event: dict[str, Any]) -> None:
         response_id = _text(event.get("response_id"))
@@ -580,11 +781,7 @@ class CallBridge:
             if filler_after > 0:
                 done, _ = await asyncio.wait({work}, timeout=filler_after)
                 if not done and self.outcome is None:
-                    self._request(
-                        response_create(
-                            instructions=f"{self.realtime.instructions}\n\n{FILLER}", purpose="filler"
-                        )
-                    )
+                    self._request("filler", f"{self.realtime.instructions}\n\n{FILLER}")
             output, ok = await work
         finally:
             work.cancel()
@@ -597,7 +794,9 @@ class CallBridge:
             # The OpenAI session that asked was replaced and never saw this call: tell the
             # current one (or the next) what the tool returned.
             self._late_results.append(
-                system_text(f"The tool {name}, called before a reconnection, returned: {output}")
+                system_text(
+                    f"The tool {name}, called before a reconnection, returned: {output}", self._new_id("t")
+                )
             )
             self._deliver_late_results()
         self.gate.discard("filler")
@@ -626,7 +825,7 @@ class CallBridge:
         self.metrics.mcp_events.labels("approval_" + ("approved" if approve else "denied")).inc()
         response: dict[str, Any] = {
             "type": "mcp_approval_response",
-            "id": f"mcpr_{self.generation}_{item.get('id')}",
+            "id": self._new_id("a"),
             "approval_request_id": item.get("id"),
             "approve": approve,
         }
@@ -651,10 +850,16 @@ class CallBridge:
             return
         response_id = _text(response.get("id"))
         self.usage.add(response.get("usage"))
-        if response.get("status") == "failed":
+        status = response.get("status")
+        if status == "failed":
             error = _at(response, "status_details", "error")
             log.warning("OpenAI response failed: %s", _at(error, "code") or _at(error, "type") or "-")
-        self._stale.discard(response_id)
+        elif status == "completed":
+            self._completed = True
+            self._log_held_errors()
+        if response_id in self._stale:
+            self._stale.discard(response_id)
+            self._truncate_unheard(response)
         self._buffer_full_warned.discard(response_id)
         if response_id in self._out_of_band:
             self._out_of_band.discard(response_id)
@@ -662,9 +867,21 @@ class CallBridge:
             return
         if response_id == self._farewell_id:
             self._farewell_done.set()
-        queued = self.gate.done(response_id)
-        if queued is not None:
-            self._send(queued)
+        self._send_request(self.gate.done(response_id, self.link.now()))
+
+    def _truncate_unheard(self, response: dict[str, Any]) -> None:
+        """Items of a cut response that the caller never heard a byte of (their audio came after
+        the barge-in, or only their start was ever queued) are truncated to nothing."""
+        output = response.get("output")
+        for item in output if isinstance(output, list) else []:
+            item_id = _at(item, "id")
+            if _at(item, "role") != "assistant" or not isinstance(item_id, str) or item_id in self._truncated:
+                continue
+            if self._item_generation.get(item_id, self.generation) == self.generation:
+                self._send(truncate(item_id, 0))
+                self._truncated.add(item_id)
+            self._heard[item_id] = 0.0
+            self.transcript.cut(item_id, 0.0)
 
     def on_rate_limits(self, event: dict[str, Any]) -> None:
         limits = event.get("rate_limits")
@@ -678,16 +895,29 @@ class CallBridge:
         code = code if isinstance(code, str) else None
         message = _text(_at(error, "message"))
         event_id = _text(_at(error, "event_id"))
-        if code == "conversation_already_has_active_response":
-            self.gate.rejected()
-        elif code in HARMLESS_ERROR_CODES or "already shorter than" in message:
+        in_flight = self.gate.in_flight
+        if in_flight is not None and event_id == in_flight.id:
+            # One of our response.create was refused: nothing of it runs. The gate re-queues it
+            # when a VAD answer only won the race, and goes on with the next request.
+            log.debug("OpenAI refused a response.create (%s): %s", code, message[:200])
+            self._send_request(self.gate.refused(event_id, code, self.link.now()))
+            return
+        if code in HARMLESS_ERROR_CODES or "already shorter than" in message:
             log.debug("OpenAI: %s", message[:200])
-        elif code in FATAL_ERROR_CODES or event_id.startswith("session-update"):
+        elif code in FATAL_ERROR_CODES or event_id == f"session-update-{self.generation}":
             raise CallFailed(f"OpenAI refused the session ({code or 'error'})")
+        elif event_id.startswith("tools-update"):
+            log.warning("OpenAI refused the Data Action tools (%s); going on without them", code or "error")
         else:
             kind = code or _text(_at(error, "type")) or "error"
-            log.warning("OpenAI error %s: %s", kind, message[:200])
             self.metrics.errors.labels(f"openai_{kind}"[:64]).inc()
+            if self._proved_healthy():
+                log.warning("OpenAI error %s: %s", kind, message[:200])
+            else:
+                # A socket that fails before it proved healthy is one more attempt of an outage,
+                # whose one WARNING names its last error; one that goes on logs it then.
+                self._held_errors = [*self._held_errors[-4:], f"{kind}: {message[:200]}"]
+                log.debug("OpenAI error %s: %s", kind, message[:200])
 
     # -- ending the call ---------------------------------------------------------------------
 
@@ -706,17 +936,18 @@ class CallBridge:
         assert self.outcome is not None
         # The caller's voice must neither cut the farewell nor start another answer.
         self._send(lock_turns(self.realtime, event_id=f"lock-turns-{self.generation}"))
-        self._request(
-            response_create(
-                instructions=f"{self.realtime.instructions}\n\n{self.outcome.farewell}", purpose="farewell"
-            )
-        )
+        self.gate.turns_locked = True
+        self._request("farewell", f"{self.realtime.instructions}\n\n{self.outcome.farewell}")
 
     async def _end_call(self) -> None:
         self._ask_farewell()
         self._send(
             response_create(
-                instructions=SUMMARY_INSTRUCTIONS, purpose=OUT_OF_BAND, out_of_band=True, text_only=True
+                self._new_id("s"),
+                OUT_OF_BAND,
+                instructions=SUMMARY_INSTRUCTIONS,
+                out_of_band=True,
+                text_only=True,
             )
         )
         timeout = self.settings.farewell_timeout_seconds
@@ -747,14 +978,23 @@ class CallBridge:
     async def _watch_limits(self) -> None:
         while self.outcome is None:
             now = self.link.now()
-            if self.link.audio_busy() or self.gate.busy or self.caller_speaking:
-                self.limits.activity(now)
+            if self.paused or self.link.audio_busy() or self.gate.busy or self.gate.caller_speaking:
+                self.limits.activity(now)  # paused: the idle timer stands still
             reason = self.limits.due(now)
-            if reason is not None:
+            if reason is not None and not self.paused:  # a farewell into a paused stream is lost
                 log.info("call limit: %s", reason)
                 self.finish(limit_outcome(reason))
                 return
-            await asyncio.sleep(max(0.01, min(self.limits.next_check() - now, LIMIT_CHECK_SECONDS)))
+            self._log_held_errors()
+            expired = self.gate.expire(now)
+            if expired is not None:
+                log.warning("OpenAI never answered a response.create; going on without it")
+                self._send_request(expired)
+            self._limits_wake.clear()
+            wait = max(0.01, min(self.limits.next_check() - now, LIMIT_CHECK_SECONDS))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._limits_wake.wait()
 
     # -- keypad ------------------------------------------------------------------------------
 
@@ -778,7 +1018,7 @@ class CallBridge:
         if self.conn is None:
             self._resume = True  # the restored history carries the digits
             return
-        self._send(user_text(text))
+        self._send(user_text(text, self._new_id("k")))
         self._go_on()
 
 
@@ -792,7 +1032,7 @@ def make_bridge_factory(
     """The `HandlerFactory` the server uses: one bridge per (non-probe) call."""
 
     def factory(session, request) -> CallBridge:
-        call = settings.call_config(session.connector_id, request.input_variables)
+        call = settings.call_config(session.connector_id, request.input_variables, request.language)
         data_tools = None
         if call.data_action_ids:
             if genesys_api is None:

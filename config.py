@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,9 +241,12 @@ def resolve_call_config(
     profile: Mapping[str, Any] | None,
     input_variables: Mapping[str, str],
     connector_id: str | None = None,
+    flow_language: str | None = None,
 ) -> CallConfig:
-    """Input variable > profile > environment (`defaults`) > built-in default."""
+    """Input variable > profile > environment (`defaults`) > built-in default; the flow's
+    language (`open.parameters.language`) when no layer sets `LANGUAGE`."""
     values = {key.attr: key.default for key in CALL_KEYS}
+    values["language"] = _flow_language(flow_language)
     values.update(defaults)
     values.update(profile or {})
     for key in CALL_KEYS:
@@ -405,8 +409,11 @@ def validate_mcp_entries(value: Any) -> tuple[dict[str, Any], ...]:
     return tuple(value)
 
 
-def _normal(url: str) -> str:
-    return url.rstrip("/").lower()
+def _url_key(url: str) -> tuple[str, str, str, str]:
+    """Scheme and host compare case-insensitively (they are); path and query exactly (they
+    are not: `/CRM` and `/crm` can be two servers)."""
+    parts = urllib.parse.urlsplit(url.strip())
+    return parts.scheme.lower(), parts.netloc.lower(), parts.path, parts.query
 
 
 def filter_mcp_allowed(
@@ -415,10 +422,10 @@ def filter_mcp_allowed(
     """With an allowlist, drop (one WARNING each) every entry whose `server_url` it does not list."""
     if not allowed_urls:
         return tuple(entries)
-    allowed = {_normal(u) for u in allowed_urls}
+    allowed = {_url_key(u) for u in allowed_urls}
     kept = []
     for entry in entries:
-        if _normal(str(entry.get("server_url", ""))) in allowed:
+        if _url_key(str(entry.get("server_url", ""))) in allowed:
             kept.append(entry)
         else:
             log.warning(
@@ -459,6 +466,24 @@ class ApprovalPolicy:
         return tool in self.approved_tools or f"{server_label}:{tool}" in self.approved_tools
 
 
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+
+
+def _flow_language(value: str | None) -> str | None:
+    """A BCP-47 tag from Genesys (`es-es`, `en-US`), or None when it is not one."""
+    if value is None or not _LANGUAGE_TAG.match(value.strip()):
+        return None
+    return value.strip()
+
+
+def iso_639_1(language: str | None) -> str | None:
+    """`es-ES` -> `es`: input transcription wants the bare language code."""
+    if not language:
+        return None
+    code = language.strip().split("-", 1)[0].lower()
+    return code if len(code) == 2 and code.isalpha() else None
+
+
 # -- process settings ------------------------------------------------------------------------
 
 
@@ -486,6 +511,8 @@ class Settings:
     idle_timeout_seconds: float = 120.0
     farewell_timeout_seconds: float = 10.0
     max_concurrent_calls: int = 500
+    max_pending_handshakes: int = 256
+    supported_languages: tuple[str, ...] = ()  # listed in `opened` when `open` asks
     shutdown_drain_seconds: float = 30.0
     event_loop: str = "asyncio"  # or "uvloop"
     genesys: ApiSettings | None = None  # None: Data Actions are off
@@ -511,9 +538,14 @@ class Settings:
             out += mcp_secrets(profile.get("mcp_tools", ()))
         return [s for s in out if s]
 
-    def call_config(self, connector_id: str | None, input_variables: Mapping[str, str]) -> CallConfig:
+    def call_config(
+        self,
+        connector_id: str | None,
+        input_variables: Mapping[str, str],
+        flow_language: str | None = None,
+    ) -> CallConfig:
         profile = self.profiles.get(connector_id) if connector_id else None
-        return resolve_call_config(self.call_defaults, profile, input_variables, connector_id)
+        return resolve_call_config(self.call_defaults, profile, input_variables, connector_id, flow_language)
 
 
 def read_environment(env_file: str | os.PathLike[str] = ".env") -> dict[str, str]:
@@ -807,6 +839,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     idle_timeout = r.number("IDLE_TIMEOUT_SECONDS", 120.0, 1.0, 86_400.0)
     farewell_timeout = r.number("FAREWELL_TIMEOUT_SECONDS", 10.0, 0.5, 120.0)
     max_calls = r.integer("MAX_CONCURRENT_CALLS", 500, 1, 100_000)
+    max_handshakes = r.integer("MAX_PENDING_HANDSHAKES", 256, 1, 100_000)
+    supported_languages = r.csv("SUPPORTED_LANGUAGES")
     drain = r.number("SHUTDOWN_DRAIN_SECONDS", 30.0, 0.0, 3600.0)
     event_loop = _event_loop(r.choice("EVENT_LOOP", "auto", ("auto", "asyncio", "uvloop")))
     genesys = _genesys_settings(r)
@@ -834,6 +868,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         idle_timeout_seconds=idle_timeout,
         farewell_timeout_seconds=farewell_timeout,
         max_concurrent_calls=max_calls,
+        max_pending_handshakes=max_handshakes,
+        supported_languages=supported_languages,
         shutdown_drain_seconds=drain,
         event_loop=event_loop,
         genesys=genesys,

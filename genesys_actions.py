@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 import jsonschema
+import referencing.exceptions
 
 from config import ApiSettings
 from instructions import ToolNote
@@ -181,7 +182,9 @@ class GenesysApi:
             raise ActionError(f"the Genesys login service refused the credentials (HTTP {status})")
         if self._masker is not None:
             self._masker.add(str(body["access_token"]))  # never printed from here on
-        lifetime = float(body.get("expires_in") or 3600)
+        lifetime = _seconds(body.get("expires_in", 3600))
+        if lifetime is None:
+            raise ActionError("the Genesys login service answered without a valid token lifetime")
         margin = min(TOKEN_MARGIN_SECONDS, lifetime / 10)
         log.info("Genesys token obtained, valid %.0f s", lifetime)
         return _Token(str(body["access_token"]), self._clock() + lifetime - margin)
@@ -216,7 +219,7 @@ class GenesysApi:
                     headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
                     timeout=aiohttp.ClientTimeout(total=remaining),
                 ) as response:
-                    text = await response.text()
+                    text = _decoded(await response.read())
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
             except aiohttp.ClientConnectorError:
@@ -282,6 +285,48 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds is not None and 0 <= seconds <= 60 else None
+
+
+def _decoded(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ActionError("the Genesys API answered with a body that is not UTF-8 text") from None
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 < seconds < 10 * 86_400 else None
+
+
+def _refusal(body: Any) -> str:
+    """What the model may learn of a Genesys refusal: its code and message template. Genesys
+    embeds the backend's own answer (customer data) in `message` and `messageParams`, never
+    in the template's placeholders."""
+    if not isinstance(body, dict):
+        return ""
+    parts = [
+        str(body.get(key))[:200] for key in ("code", "messageWithParams") if isinstance(body.get(key), str)
+    ]
+    return ": ".join(parts)
+
+
+def _schema_problem(problem: jsonschema.ValidationError) -> str:
+    """A schema violation described by where and which rule, never by the value: jsonschema's
+    own messages quote the argument ("'1234 5678' is not of type 'integer'")."""
+    where = ".".join(str(p) for p in problem.absolute_path) or "the arguments"
+    rule, expected = problem.validator, problem.validator_value
+    if rule == "required":
+        missing = [
+            name for name in expected if isinstance(problem.instance, dict) and name not in problem.instance
+        ]
+        return f"{where}: missing {', '.join(map(str, missing))}"[:200]
+    if rule in ("type", "enum", "const", "format", "pattern", "minLength", "maxLength", "minimum", "maximum"):
+        return f"{where}: must satisfy {rule} {json.dumps(expected)[:100]}"
+    return f"{where}: does not satisfy the schema's {rule} rule"
 
 
 def _parse(text: str) -> Any:
@@ -426,9 +471,12 @@ class DataActionTools:
             raise ActionError("the arguments are not valid JSON") from None
         if not isinstance(arguments, dict):
             raise ActionError("the arguments must be a JSON object")
-        problem = next(iter(tool.validator.iter_errors(arguments)), None)
+        try:
+            problem = next(iter(tool.validator.iter_errors(arguments)), None)
+        except referencing.exceptions.Unresolvable:
+            raise ActionError("the action's input schema has a reference that cannot be resolved") from None
         if problem is not None:
-            raise ActionError("invalid arguments", problem.message[:200])
+            raise ActionError("invalid arguments", _schema_problem(problem))
         if self.calls >= s.max_action_calls_per_session:
             raise ActionError("no more data lookups are allowed on this call")
         self.calls += 1
@@ -439,10 +487,7 @@ class DataActionTools:
         if status >= 500:
             raise ActionError(f"the data service failed (HTTP {status}); the action may or may not have run")
         if status >= 400:
-            message = body.get("message") if isinstance(body, dict) else None
-            raise ActionError(
-                f"the data service refused the request (HTTP {status})", str(message or "")[:200]
-            )
+            raise ActionError(f"the data service refused the request (HTTP {status})", _refusal(body))
         safe = redact(body, s.redaction_fields)
         text = json.dumps(safe, ensure_ascii=False)
         if len(text.encode()) > s.max_output_bytes:

@@ -18,8 +18,9 @@ import json
 import logging
 import re
 import sys
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 session_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("session_id", default="-")
 conversation_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("conversation_id", default="-")
@@ -85,6 +86,33 @@ def _forms(secret: str) -> set[str]:
     if decoded.isprintable():
         forms.add(decoded)
     return forms
+
+
+class RefusalLog:
+    """One WARNING per reason every `interval` seconds, saying how many were left unlogged: a
+    flood of bad requests must not flood the log."""
+
+    def __init__(
+        self, logger: logging.Logger, interval: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock  # reasons are a small fixed set: the two maps stay small
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def warning(self, reason: str, message: str, *args: object) -> None:
+        now = self.clock()
+        last = self._last.get(reason)
+        if last is not None and now - last < self.interval:
+            self._quiet[reason] = self._quiet.get(reason, 0) + 1
+            return
+        self._last[reason] = now
+        quiet = self._quiet.pop(reason, 0)
+        if quiet:
+            message += f" (and {quiet} more in the last %.0f s)"
+            args = (*args, now - last if last is not None else self.interval)
+        self.logger.warning(message, *args)
 
 
 class JsonFormatter(logging.Formatter):

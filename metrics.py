@@ -75,6 +75,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.openai_attempts = Counter(
+            "connector_openai_connect_attempts",
+            "Attempts to open a model socket, by result: connected, refused, unreachable, or "
+            "failed_early (accepted, then closed before it proved healthy).",
+            ["result"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             "connector_auth_failures", "Refused upgrade requests, by reason.", ["reason"], registry=r
         )

@@ -33,8 +33,9 @@ from call_control import empty_output_variables
 from config import DEPRECATED_MODELS, ConfigError, Settings, load_settings, read_environment
 from genesys_actions import GenesysApi
 from genesys_auth import Authenticator, Failure
-from log_setup import SecretMasker, configure_logging, session_id_var
+from log_setup import RefusalLog, SecretMasker, configure_logging, session_id_var
 from metrics import CONTENT_TYPE, Metrics, collect_garbage, watch_loop_lag
+from utils import cancel_and_wait
 
 log = logging.getLogger("connector")
 
@@ -53,6 +54,22 @@ def connector_id_from_path(path: str) -> str | None:
 def is_audiohook_path(path: str) -> bool:
     path = path.split("?", 1)[0]
     return path == WS_PREFIX or path.startswith(WS_PREFIX + "/")
+
+
+def repeated_header(headers: Headers) -> str | None:
+    """The first header of ours sent more than once (`Headers.get` would raise on it)."""
+    names = {name.lower() for name in headers}
+    for name in sorted(names):
+        if (name.startswith("audiohook-") or name in _SINGLE_HEADERS) and len(headers.get_all(name)) > 1:
+            return name
+    return None
+
+
+_SINGLE_HEADERS = frozenset({"x-api-key", "signature", "signature-input", "host"})
+
+
+def _is_upgrade(request: Request) -> bool:
+    return "websocket" in ",".join(request.headers.get_all("Upgrade")).lower()
 
 
 class App:
@@ -84,6 +101,8 @@ class App:
             settings, genesys_api=self.genesys_api, metrics=self.metrics
         )
         self.sessions: set[AudioHookSession] = set()
+        self.refusals = RefusalLog(log)
+        self.pending_handshakes = 0  # connections whose upgrade has not finished
         self.draining = False
         self.server: Server | None = None
         self._admitting: set[ServerConnection] = set()  # authenticated, upgrade not finished yet
@@ -100,34 +119,58 @@ class App:
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        repeated = repeated_header(request.headers)
+        if repeated is not None:
+            # Before anything reads the headers: `Headers.get` raises on a repeated one.
+            self.refusals.warning(
+                "repeated_header", "request refused: header %s sent twice (HTTP 400)", repeated
+            )
+            self.metrics.auth_failures.labels("repeated_header").inc()
+            return connection.respond(http.HTTPStatus.BAD_REQUEST, "Bad Request\n")
         session_id_var.set(_session_id(request))
-        if path in ("/", "/health"):
+        upgrade = _is_upgrade(request)
+        if path in ("/", "/health") and not (upgrade and path == "/"):
             return _json(http.HTTPStatus.OK, {"status": "alive"})
         if path == "/ready":
             return self._ready()
         if path == "/metrics":
             return _response(http.HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE)
         if not is_audiohook_path(path):
+            if upgrade:
+                hint = " (the Genesys base URI must end in /audiohook)" if path == "/" else ""
+                self.refusals.warning(
+                    "wrong_path", "WebSocket upgrade on %s refused (HTTP 404)%s", path[:100], hint
+                )
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
-        if self.draining or self._full():
-            why = "draining" if self.draining else "at MAX_CONCURRENT_CALLS"
-            log.warning("upgrade refused: %s (HTTP 503)", why)
-            self.metrics.errors.labels("refused_" + ("draining" if self.draining else "capacity")).inc()
-            response = connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
-            response.headers["Retry-After"] = "5"
-            return response
+        if self.draining or self._full() or self.pending_handshakes > self.settings.max_pending_handshakes:
+            return self._unavailable(connection)
         result = self.authenticator.check(request.path, request.headers)
         if result.ok:
             self._admitting.add(connection)  # counts towards capacity until the session exists
             return None
         failure = result.failure.value if result.failure else "-"
-        log.warning("upgrade refused: %s (HTTP %d) from %s", failure, result.status, _peer(connection))
+        self.refusals.warning(
+            failure, "upgrade refused: %s (HTTP %d) from %s", failure, result.status, _peer(connection)
+        )
         self.metrics.auth_failures.labels(failure).inc()
         # A fixed delay blunts timing attacks; it only holds this request.
         await asyncio.sleep(self.auth_failure_delay)
         if result.failure in (Failure.MISSING_HEADER, Failure.MALFORMED_HEADER):
             return connection.respond(http.HTTPStatus.BAD_REQUEST, "Bad Request\n")
         return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+
+    def _unavailable(self, connection: ServerConnection) -> Response:
+        if self.draining:
+            why, kind = "draining", "draining"
+        elif self._full():
+            why, kind = "at MAX_CONCURRENT_CALLS", "capacity"
+        else:
+            why, kind = "too many handshakes in progress (MAX_PENDING_HANDSHAKES)", "handshakes"
+        self.refusals.warning(kind, "upgrade refused: %s (HTTP 503)", why)
+        self.metrics.errors.labels("refused_" + kind).inc()
+        response = connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
+        response.headers["Retry-After"] = "5"
+        return response
 
     def process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
@@ -156,6 +199,7 @@ class App:
             handler_factory=self.handler_factory,
             metrics=self.metrics,
             default_outputs=self.default_outputs,
+            supported_languages=self.settings.supported_languages,
         )
         self._admitting.discard(connection)
         self.sessions.add(session)
@@ -180,6 +224,7 @@ class App:
             self.handle,
             self.settings.host,
             self.settings.port,
+            create_connection=self._counted_connection(),
             process_request=self.process_request,
             process_response=self.process_response,
             max_size=MAX_WS_MESSAGE,
@@ -189,6 +234,22 @@ class App:
             server_header=None,
         )
         return self.server
+
+    def _counted_connection(self) -> type[ServerConnection]:
+        """Connections that count themselves while their upgrade is in progress, so that slow or
+        idle ones (a slowloris) cannot hold every descriptor: past the cap, upgrades get 503 and
+        `open_timeout` lets the slow ones go."""
+        app = self
+
+        class CountedConnection(ServerConnection):
+            async def handshake(self, *args, **kwargs) -> None:
+                app.pending_handshakes += 1
+                try:
+                    await super().handshake(*args, **kwargs)
+                finally:
+                    app.pending_handshakes -= 1
+
+        return CountedConnection
 
     @property
     def port(self) -> int:
@@ -215,10 +276,7 @@ class App:
 
     async def stop(self) -> None:
         for task in self._housekeeping:
-            task.cancel()
-        for task in self._housekeeping:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()

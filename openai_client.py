@@ -15,13 +15,14 @@ import json
 import logging
 import urllib.parse
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from utils import send_within
+from utils import cancel_and_wait, send_within
 
 log = logging.getLogger("openai")
 
@@ -121,26 +122,35 @@ def truncate(item_id: str, audio_end_ms: int) -> dict[str, Any]:
 
 
 def response_create(
+    request_id: str,
+    purpose: str = "answer",
     *,
     instructions: str | None = None,
-    purpose: str | None = None,
     out_of_band: bool = False,
     text_only: bool = False,
 ) -> dict[str, Any]:
-    response: dict[str, Any] = {}
+    """`response.create` tagged with our request id, echoed back in `response.created`
+    (`metadata.request`) and in the `error` refusing it (`event_id`): that is how the gate tells
+    our responses from the ones server VAD starts on its own."""
+    response: dict[str, Any] = {"metadata": {"purpose": purpose, "request": request_id}}
     if instructions is not None:
         response["instructions"] = instructions
-    if purpose is not None:
-        response["metadata"] = {"purpose": purpose}
-    if out_of_band:
-        # Outside the conversation, but seeing it (no `input`), and never calling a tool.
-        response["conversation"] = "none"
+    if purpose != "answer":
+        # Our own phrases (greeting, holding phrase, farewell, summary) never call a tool: a
+        # holding phrase could otherwise run the same Data Action again.
         response["tool_choice"] = "none"
+    if out_of_band:
+        # Outside the conversation, but seeing it (no `input`).
+        response["conversation"] = "none"
     if text_only:
         response["output_modalities"] = ["text"]
-    event: dict[str, Any] = {"type": "response.create"}
-    if response:
-        event["response"] = response
+    return {"type": "response.create", "event_id": request_id, "response": response}
+
+
+def response_cancel(response_id: str | None = None) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "response.cancel"}
+    if response_id:
+        event["response_id"] = response_id
     return event
 
 
@@ -151,25 +161,23 @@ def function_output(call_id: str, output: str) -> dict[str, Any]:
     }
 
 
-def user_text(text: str) -> dict[str, Any]:
-    return {
-        "type": "conversation.item.create",
-        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
-    }
+def _message(role: str, kind: str, text: str, item_id: str | None) -> dict[str, Any]:
+    item: dict[str, Any] = {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+    if item_id is not None:
+        item["id"] = item_id
+    return {"type": "conversation.item.create", "item": item}
 
 
-def system_text(text: str) -> dict[str, Any]:
-    return {
-        "type": "conversation.item.create",
-        "item": {"type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]},
-    }
+def user_text(text: str, item_id: str | None = None) -> dict[str, Any]:
+    return _message("user", "input_text", text, item_id)
 
 
-def assistant_text(text: str) -> dict[str, Any]:
-    return {
-        "type": "conversation.item.create",
-        "item": {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]},
-    }
+def system_text(text: str, item_id: str | None = None) -> dict[str, Any]:
+    return _message("system", "input_text", text, item_id)
+
+
+def assistant_text(text: str, item_id: str | None = None) -> dict[str, Any]:
+    return _message("assistant", "output_text", text, item_id)
 
 
 # -- usage -----------------------------------------------------------------------------------
@@ -219,73 +227,114 @@ def _int(value: Any) -> int:
 
 # -- one in-band response at a time ----------------------------------------------------------
 
+PLAIN = "answer"  # a request that only lets the model go on from what was just added
+IN_FLIGHT_TIMEOUT = 5.0  # a create never answered (neither created nor refused) is given up
+REQUEUED_ON_RACE = frozenset({"greeting", "filler", "farewell"})
+
+
+@dataclass
+class Request:
+    """One `response.create` of ours."""
+
+    id: str
+    purpose: str
+    event: dict[str, Any]
+    sent_at: float = 0.0
+    cancel: bool = False  # a key was pressed meanwhile: cancel it as soon as it starts
+
+    @property
+    def plain(self) -> bool:
+        return self.purpose == PLAIN
+
 
 @dataclass
 class ResponseGate:
-    """`response.create` only when no in-band response runs; otherwise it waits for `response.done`.
+    """`response.create` only when no in-band response runs and the caller is not speaking (not
+    even the farewell: it waits for the caller's pause, within the farewell timeout).
 
-    A plain "go on" request (after a tool result or keyed digits) is dropped when the server starts
-    a response on its own meanwhile: that response already sees the new items.
+    Responses are matched to requests by the request id in their metadata, never by "the next
+    `response.created`": server VAD starts responses of its own, which carry none. A plain "go on"
+    request is dropped when a server response or the caller's own turn makes it needless (turn
+    detection answers once the caller stops, and that answer sees what was just added).
     """
 
-    active: str | None = None  # id of the in-band response in progress
-    in_flight: dict[str, Any] | None = None  # sent, no `response.created` yet
-    queued: dict[str, Any] | None = None
+    active: str | None = None  # id of the in-band response in progress (ours or the server's)
+    in_flight: Request | None = None  # sent, neither created nor refused yet
+    queued: Request | None = None
+    caller_speaking: bool = False
+    turns_locked: bool = False  # the caller's speech no longer starts responses (the ending)
 
     @property
     def busy(self) -> bool:
         return self.active is not None or self.in_flight is not None
 
-    def request(self, event: dict[str, Any]) -> dict[str, Any] | None:
-        """The event to send now, or None when it was queued."""
-        if self.busy:
-            if self.queued is None or not _is_plain(event):
-                self.queued = event
-            return None
-        self.in_flight = event
-        return event
+    def request(self, request: Request, now: float) -> Request | None:
+        """The request to send now, or None when it waits (or, plain, is not needed)."""
+        if self.queued is None or not request.plain:
+            self.queued = request
+        return self._release(now)
 
-    def created(self, response_id: str) -> None:
+    def created(self, response_id: str, request_id: str | None) -> Request | None:
+        """A response started; ours (the request it answers) or None for the server's own."""
         self.active = response_id
-        if self.in_flight is None and self.queued is not None and _is_plain(self.queued):
-            self.queued = None
-        self.in_flight = None
+        if self.in_flight is not None and request_id == self.in_flight.id:
+            started, self.in_flight = self.in_flight, None
+            return started
+        if request_id is None and self.queued is not None and self.queued.plain:
+            self.queued = None  # the server's response already sees what the request was for
+        return None
 
-    def done(self, response_id: str) -> dict[str, Any] | None:
+    def done(self, response_id: str, now: float) -> Request | None:
         if response_id != self.active:
             return None
         self.active = None
-        return self._release()
+        return self._release(now)
+
+    def refused(self, request_id: str, code: str | None, now: float) -> Request | None:
+        """The server answered our create with an error: nothing of it runs."""
+        if self.in_flight is None or self.in_flight.id != request_id:
+            return None
+        refused, self.in_flight = self.in_flight, None
+        lost_race = code == "conversation_already_has_active_response"
+        if lost_race and refused.purpose in REQUEUED_ON_RACE and (self.queued is None or self.queued.plain):
+            self.queued = refused  # a VAD answer won the race: ours goes after it
+        return self._release(now)
+
+    def speech_started(self) -> None:
+        self.caller_speaking = True
+
+    def speech_stopped(self, now: float) -> Request | None:
+        self.caller_speaking = False
+        if self.queued is not None and self.queued.plain and not self.turns_locked:
+            self.queued = None  # turn detection answers the caller, seeing what was added
+        return self._release(now)
+
+    def expire(self, now: float) -> Request | None:
+        """Give up a request the server never answered."""
+        if self.in_flight is not None and now - self.in_flight.sent_at > IN_FLIGHT_TIMEOUT:
+            self.in_flight = None
+            return self._release(now)
+        return None
 
     def discard(self, purpose: str) -> None:
         """Drop a queued request for this purpose (a holding phrase no longer needed)."""
-        if (
-            self.queued is not None
-            and (self.queued.get("response") or {}).get("metadata", {}).get("purpose") == purpose
-        ):
+        if self.queued is not None and self.queued.purpose == purpose:
             self.queued = None
-
-    def rejected(self) -> None:
-        """The server refused our create: it had a response running. Retry after that one."""
-        if self.in_flight is not None and self.queued is None:
-            self.queued = self.in_flight
-        self.in_flight = None
 
     def reset(self) -> bool:
         """A new socket: nothing is running. True if a response was running or wanted."""
         wanted = self.busy or self.queued is not None
         self.active = self.in_flight = self.queued = None
+        self.caller_speaking = False
         return wanted
 
-    def _release(self) -> dict[str, Any] | None:
-        event, self.queued = self.queued, None
-        if event is not None:
-            self.in_flight = event
-        return event
-
-
-def _is_plain(event: dict[str, Any]) -> bool:
-    return "response" not in event
+    def _release(self, now: float) -> Request | None:
+        if self.busy or self.queued is None or self.caller_speaking:
+            return None
+        request, self.queued = self.queued, None
+        request.sent_at = now
+        self.in_flight = request
+        return request
 
 
 # -- what was said ---------------------------------------------------------------------------
@@ -331,9 +380,13 @@ class Transcript:
         return "\n".join(f"{'Caller' if r == 'user' else 'Assistant'}: {t}" for r, t in self.turns())
 
 
-def history_events(transcript: Transcript) -> list[dict[str, Any]]:
-    """The conversation so far as items for a new session."""
-    return [user_text(t) if role == "user" else assistant_text(t) for role, t in transcript.turns()]
+def history_events(transcript: Transcript, new_id: Callable[[], str]) -> list[dict[str, Any]]:
+    """The conversation so far as items for a new session, under ids of ours (so that their
+    echoes are known for what they are)."""
+    return [
+        user_text(t, new_id()) if role == "user" else assistant_text(t, new_id())
+        for role, t in transcript.turns()
+    ]
 
 
 # -- the connection --------------------------------------------------------------------------
@@ -411,9 +464,7 @@ class RealtimeConnection:
             await self._wake.wait()
 
     async def close(self) -> None:
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        await cancel_and_wait(self._writer)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(3):
                 await self.ws.close()

@@ -33,13 +33,20 @@ class _Item:
 
 
 @dataclass(frozen=True)
-class Interruption:
-    """What a barge-in cut: the item that was playing and how much of it the caller heard."""
+class Cut:
+    """One item a barge-in cut, and how much of it the caller heard (0: none of it)."""
 
     response_id: str
     item_id: str
     heard_ms: int
     sent_ms: int
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """What a barge-in cut: every item the caller had not finished hearing, in playback order."""
+
+    cuts: tuple[Cut, ...]
     dropped_bytes: int
 
 
@@ -55,6 +62,7 @@ class Playout:
     last_send: float = float("-inf")
     queued_bytes: int = 0
     queued_since: float = 0.0  # when audio arrived in an empty queue
+    paused: bool = False  # Genesys paused the stream: nothing is sent until it resumes
     _items: deque[_Item] = field(default_factory=deque)
 
     def add(self, response_id: str, item_id: str, audio: bytes, now: float) -> bool:
@@ -80,7 +88,7 @@ class Playout:
         self.hold_until = max(self.hold_until, until)
 
     def next_send_at(self, now: float) -> float | None:
-        if not self.queued_bytes:
+        if not self.queued_bytes or self.paused:
             return None
         # The moment there is room for a whole frame within the lead.
         room_at = self.playout_end - (self.lead - self.frame)
@@ -103,7 +111,7 @@ class Playout:
 
     def take(self, now: float) -> bytes | None:
         """The next frame to send now, or None if it is not yet time."""
-        if not self.queued_bytes or now < self.hold_until:
+        if not self.queued_bytes or self.paused or now < self.hold_until:
             return None
         if now < self.last_send + self.min_interval:
             return None
@@ -126,24 +134,33 @@ class Playout:
         return data
 
     def interrupt(self, now: float) -> Interruption | None:
-        """Drop all queued audio; report the item the caller was hearing (None if silent)."""
-        current = next((i for i in self._items if not i.finished(now)), None)
+        """Drop all queued audio; report every item the caller had not finished hearing (None
+        when nothing was playing or queued)."""
+        cuts = tuple(
+            Cut(
+                response_id=item.response_id,
+                item_id=item.item_id,
+                heard_ms=int(item.played_seconds(now) * 1000),
+                sent_ms=item.sent_bytes * 1000 // BYTES_PER_SECOND,
+            )
+            for item in self._items
+            if not item.finished(now)
+        )
         dropped = self.queued_bytes
-        for item in self._items:
-            item.queued.clear()
         self.queued_bytes = 0
         self._items.clear()
         self.playout_end = min(self.playout_end, now)
-        if current is None:
-            return None
-        heard = current.played_seconds(now)
-        return Interruption(
-            response_id=current.response_id,
-            item_id=current.item_id,
-            heard_ms=int(heard * 1000),
-            sent_ms=current.sent_bytes * 1000 // BYTES_PER_SECOND,
-            dropped_bytes=dropped,
-        )
+        return Interruption(cuts, dropped) if cuts else None
+
+    def item_end(self, response_id: str, item_id: str) -> float | None:
+        """When the caller will have heard the whole item: None while some of it is still
+        queued; 0 when the playout no longer knows it (played long ago, or cut)."""
+        for item in self._items:
+            if item.item_id == item_id and item.response_id == response_id:
+                if item.queued:
+                    return None
+                return item.segments[-1][0] + item.segments[-1][1] if item.segments else 0.0
+        return 0.0
 
     def _first_queued(self) -> _Item:
         return next(i for i in self._items if i.queued)

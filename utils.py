@@ -5,6 +5,7 @@ a call in memory, and the level of μ-law audio.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import traceback
 import warnings
 from typing import TYPE_CHECKING
@@ -40,6 +41,26 @@ async def send_within(ws: Connection, data: str | bytes, timeout: float) -> None
             return
     async with asyncio.timeout(timeout):
         await ws.send(data)
+
+
+async def cancel_and_wait(task: asyncio.Task[object], timeout: float | None = None) -> None:
+    """Cancel `task` and wait (at most `timeout` seconds) until it has ended.
+
+    The task's own cancellation is absorbed (`asyncio.wait` returns it as a result); a
+    cancellation of the task that waits here propagates: `contextlib.suppress(CancelledError)`
+    around `await task` would swallow that one too and leave the waiter running after it was
+    told to stop.
+    """
+    task.cancel()
+    await asyncio.wait([task], timeout=timeout)
+    if task.cancelled():
+        # Taking the result consumes the stored cancellation: its traceback holds the task's
+        # frames, and through them whatever owned the task, in a cycle only a full garbage
+        # collection would free.
+        with contextlib.suppress(asyncio.CancelledError):
+            task.result()
+    elif task.done():
+        task.exception()  # retrieved: an error of its own was reported where it happened
 
 
 def release_frames(exc: BaseException) -> None:

@@ -120,6 +120,8 @@ class GenesysCall:
         extra_headers: dict[str, str] | None = None,
         ping_interval: float | None = 5.0,
         playback_events: bool = False,
+        language: str | None = "en-US",
+        ask_languages: bool = False,
         playback_delay: float = 0.0,
         auto_close: bool = True,
         verbose: bool = False,
@@ -138,6 +140,8 @@ class GenesysCall:
         self.conversation_id = NULL_UUID if probe else (conversation_id or str(uuid.uuid4()))
         self.participant_id = NULL_UUID if probe else str(uuid.uuid4())
         self.input_variables = input_variables or {}
+        self.language = language  # the flow's language, as `open` carries it
+        self.ask_languages = ask_languages  # `supportedLanguages: true` in `open`
         self.media = media if media is not None else [MONO]
         self.extra_headers = extra_headers or {}
         self.ping_interval = ping_interval
@@ -296,10 +300,13 @@ class GenesysCall:
                 "dnis": "" if self.probe else "+13175550199",
             },
             "media": self.media,
-            "language": "en-US",
         }
         if not self.probe:
             params["inputVariables"] = self.input_variables
+        if self.language is not None:
+            params["language"] = self.language
+        if self.ask_languages:
+            params["supportedLanguages"] = True
         await self.send_message("open", params)
         async with asyncio.timeout(timeout):
             await self._answered.wait()

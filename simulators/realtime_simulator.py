@@ -29,7 +29,7 @@ import sys
 import time
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -43,6 +43,8 @@ from utils import ulaw_rms
 log = logging.getLogger("realtime-simulator")
 
 SESSION_LIMIT_REASON = "Your session hit the maximum duration of 60 minutes."
+_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+MAX_CLIENT_ID_CHARS = 32  # the live service refuses longer client-supplied ids ("string too long")
 WINDOW_BYTES = 160  # 20 ms of PCMU
 SPEECH_RMS = 600  # energy above this (16-bit scale) is speech
 SPEECH_WINDOWS_TO_START = 3
@@ -103,7 +105,9 @@ class RealtimeValidator:
 
 
 # The live API's session object carries these; the SDK models the session as the request type.
-_SESSION_FIELDS_NOT_IN_SDK = frozenset({"$.session.object", "$.session.id", "$.session.expires_at"})
+_SESSION_FIELDS_NOT_IN_SDK = frozenset(
+    {"$.session.object", "$.session.id", "$.session.created_at", "$.session.expires_at"}
+)
 
 
 def _first_error(exc: Exception) -> str:
@@ -135,6 +139,17 @@ def load_validator(required: bool) -> RealtimeValidator | None:
 
 
 # -- the server ------------------------------------------------------------------------------
+
+
+@dataclass
+class SessionFailure:
+    """Accept a socket, then fail it: an `error` (e.g. `insufficient_quota`, `server_error`) and a
+    close, right after `session.created` or after the first `session.updated`."""
+
+    error_code: str | None = "server_error"
+    after: str = "created"  # or "updated"
+    close_code: int = 1011
+    sessions: int | None = None  # how many sessions fail; None: every one
 
 
 class RealtimeSimulator:
@@ -175,6 +190,15 @@ class RealtimeSimulator:
         self.append_tap: Callable[[SimSession, bytes], None] | None = None
         self.delta_tap: Callable[[SimSession, SimResponse, bytes], bytes] | None = None
         self.force_output_format: dict[str, Any] | None = None  # misbehave: ignore the asked format
+        self.session_failure: SessionFailure | None = None
+        # While this event is not set, the caller's silence never ends their turn (no
+        # `speech_stopped`): the caller is still speaking as far as the server knows.
+        self.hold_speech_stopped: asyncio.Event | None = None
+        self.clock_offset = 0.0  # seconds the simulator's wall clock is ahead of the host's
+        self.created_delay = 0.0  # `response.created` this long after the response was asked for
+        # Refusals on demand: the error code to answer a matching client event with, or None.
+        self.refuse_create: Callable[[dict[str, Any]], str | None] | None = None
+        self.refuse_update: Callable[[dict[str, Any]], str | None] | None = None
         self.connections = 0
         self._ids = itertools.count(1)
 
@@ -203,8 +227,25 @@ class RealtimeSimulator:
         host, port = self.server.sockets[0].getsockname()[:2]
         return f"ws://{host}:{port}/v1/realtime"
 
+    @property
+    def azure_endpoint(self) -> str:
+        """What `AZURE_OPENAI_ENDPOINT` would be if this were an Azure OpenAI resource."""
+        assert self.server is not None
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def _fails(self) -> SessionFailure | None:
+        failure = self.session_failure
+        if failure is None or failure.sessions == 0:
+            return None
+        if failure.sessions is not None:
+            failure.sessions -= 1
+        return failure
+
     def new_id(self, prefix: str) -> str:
-        return f"{prefix}_{next(self._ids):06d}{self.rng.randrange(16**8):08x}"
+        """Ids shaped like the service's (`item_` and 21 characters): unique, and as long."""
+        tail = "".join(self.rng.choices(_ID_ALPHABET, k=15))
+        return f"{prefix}_{next(self._ids):06d}{tail}"
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         self.connections += 1
@@ -213,10 +254,18 @@ class RealtimeSimulator:
         if self.refuse_all or self.refuse_next > 0:
             self.refuse_next = max(0, self.refuse_next - 1)
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "unavailable\n")
-        auth = request.headers.get("Authorization", "")
-        if not auth.startswith("Bearer ") or len(auth) <= len("Bearer "):
-            self.violations.append("connection without Authorization: Bearer")
-            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing bearer token\n")
+        path = request.path.split("?", 1)[0]
+        if path == "/openai/v1/realtime":  # Azure OpenAI: the key in `api-key`, no bearer token
+            if not request.headers.get("api-key") or request.headers.get("Authorization"):
+                self.violations.append("Azure connection without api-key (or with Authorization)")
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing api-key\n")
+        elif path == "/v1/realtime":
+            auth = request.headers.get("Authorization", "")
+            if not auth.startswith("Bearer ") or len(auth) <= len("Bearer "):
+                self.violations.append("connection without Authorization: Bearer")
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing bearer token\n")
+        else:
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
         if "model=" not in request.path:
             self.violations.append("connection without ?model=")
         return None
@@ -225,6 +274,7 @@ class RealtimeSimulator:
         request = ws.request
         assert request is not None
         session = SimSession(self, ws, _model_from_path(request.path))
+        session.path = request.path
         self.sessions.append(session)
         if request.headers.get("OpenAI-Beta"):
             self.violations.append("OpenAI-Beta header sent")
@@ -302,14 +352,16 @@ class SimResponse:
     params: dict[str, Any]
     cancelled: str | None = None  # the reason, once cancelled
     task: asyncio.Task[None] | None = None
+    output: list[dict[str, Any]] = field(default_factory=list)  # the items, once done
 
 
-def _default_session(model: str, expires_at: int, session_id: str) -> dict[str, Any]:
+def _default_session(model: str, created_at: int, expires_at: int, session_id: str) -> dict[str, Any]:
     return {
         "type": "realtime",
         "object": "realtime.session",
         "id": session_id,
         "model": model,
+        "created_at": created_at,
         "expires_at": expires_at,
         "output_modalities": ["audio"],
         "instructions": "",
@@ -354,6 +406,15 @@ _AUDIO_EVENTS = frozenset(
 )
 
 
+def _overlong_ids(event: dict[str, Any]) -> str | None:
+    """The first client-supplied id over the service's length limit, by its parameter name."""
+    item = event.get("item") if isinstance(event.get("item"), dict) else {}
+    for name, value in (("event_id", event.get("event_id")), ("item.id", item.get("id"))):
+        if isinstance(value, str) and len(value) > MAX_CLIENT_ID_CHARS:
+            return name
+    return None
+
+
 class SimSession:
     """One simulated Realtime session (one WebSocket)."""
 
@@ -362,8 +423,12 @@ class SimSession:
         self.ws = ws
         self.session_id = sim.new_id("sess")
         self.conversation_id = sim.new_id("conv")
-        self.created_at = time.time()
-        self.config = _default_session(model, int(self.created_at + sim.session_seconds), self.session_id)
+        self.created_at = time.time() + sim.clock_offset
+        self.config = _default_session(
+            model, int(self.created_at), int(self.created_at + sim.session_seconds), self.session_id
+        )
+        self.path = ""
+        self.failure = sim._fails()
         self.received: list[dict[str, Any]] = []
         # (monotonic time, "in" or "out", event) of every event but audio, for timelines.
         self.timeline: list[tuple[float, str, dict[str, Any]]] = []
@@ -374,6 +439,7 @@ class SimSession:
         self.audio_received = bytearray()  # every appended byte, in order
         self.audio_sent = bytearray()  # every in-band audio delta byte, in order
         self.close_code: int | None = None
+        self.closed_at: float | None = None  # monotonic time the socket was gone
         self.buffer_ms = 0  # audio in the input buffer since the last commit
         self.committed_audio_ms = 0
         self.user_turns = 0
@@ -393,6 +459,9 @@ class SimSession:
 
     async def run(self) -> None:
         await self.emit("session.created", session=self.config)
+        if self.failure is not None and self.failure.after == "created":
+            await self._fail()
+            return
         limit = asyncio.create_task(self._session_limit())
         try:
             async for raw in self.ws:
@@ -401,12 +470,31 @@ class SimSession:
             pass
         finally:
             self.close_code = self.ws.close_code
+            self.closed_at = time.monotonic()
             limit.cancel()
             for task in list(self._tasks):
                 task.cancel()
             for task in [*list(self._tasks), limit]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def _fail(self) -> None:
+        failure = self.failure
+        assert failure is not None
+        if failure.error_code:
+            await self.emit(
+                "error",
+                error={
+                    "type": failure.error_code
+                    if failure.error_code in ("server_error", "insufficient_quota")
+                    else "invalid_request_error",
+                    "code": failure.error_code,
+                    "message": f"Simulated failure: {failure.error_code}.",
+                    "param": None,
+                    "event_id": None,
+                },
+            )
+        await self.ws.close(failure.close_code, failure.error_code or "")
 
     async def _session_limit(self) -> None:
         await asyncio.sleep(self.sim.session_seconds)
@@ -472,6 +560,17 @@ class SimSession:
                 self.sim.violations.extend(problems)
                 await self.error("invalid_event", "; ".join(problems)[:500], event.get("event_id"))
                 return
+        too_long = _overlong_ids(event)
+        if too_long:
+            self.sim.violations.append(f"{event.get('type')}: {too_long} longer than {MAX_CLIENT_ID_CHARS}")
+            await self.error(
+                "invalid_value",
+                f"Invalid '{too_long}': string too long. Expected a string with maximum length "
+                f"{MAX_CLIENT_ID_CHARS}.",
+                event.get("event_id"),
+                too_long,
+            )
+            return
         handler = getattr(self, "on_" + str(event.get("type", "")).replace(".", "_"), None)
         if handler is None:
             await self.error(
@@ -484,6 +583,10 @@ class SimSession:
 
     async def on_session_update(self, event: dict[str, Any]) -> None:
         update = event.get("session") or {}
+        refusal = self.sim.refuse_update(event) if self.sim.refuse_update else None
+        if refusal:
+            await self.error(refusal, f"Simulated refusal: {refusal}.", event.get("event_id"), "session")
+            return
         voice = ((update.get("audio") or {}).get("output") or {}).get("voice")
         if (
             voice is not None
@@ -509,6 +612,9 @@ class SimSession:
         if self.sim.force_output_format is not None:
             self.config["audio"]["output"]["format"] = self.sim.force_output_format
         await self.emit("session.updated", session=self.config)
+        if self.failure is not None and self.failure.after == "updated":
+            await self._fail()
+            return
         for tool in self.config.get("tools") or []:
             if tool.get("type") == "mcp":
                 self._spawn(self._list_mcp_tools(tool))
@@ -552,7 +658,8 @@ class SimSession:
                 await self._speech_started(position, td)
             return
         self._silent_ms = 0 if voiced else self._silent_ms + 20
-        if self._silent_ms >= self._silence_ms(td):
+        held = self.sim.hold_speech_stopped is not None and not self.sim.hold_speech_stopped.is_set()
+        if self._silent_ms >= self._silence_ms(td) and not held:
             await self._speech_stopped(position, td)
 
     async def _speech_started(self, position: int, td: dict[str, Any]) -> None:
@@ -712,6 +819,10 @@ class SimSession:
 
     async def on_response_create(self, event: dict[str, Any]) -> None:
         params = event.get("response") or {}
+        refusal = self.sim.refuse_create(event) if self.sim.refuse_create else None
+        if refusal:
+            await self.error(refusal, f"Simulated refusal: {refusal}.", event.get("event_id"), "response")
+            return
         in_band = params.get("conversation", "auto") != "none"
         if in_band and self.active is not None and self.active.in_band:
             await self.error(
@@ -756,6 +867,11 @@ class SimSession:
         self.responses.append(response)
         if response.in_band:
             self.active = response
+        if self.sim.created_delay:
+            await asyncio.sleep(self.sim.created_delay)
+        # Announced at once, as the service does: a client's create that races a VAD response
+        # sees `response.created` of the VAD response before its own refusal.
+        await self.emit("response.created", response=self._response_body(response, "in_progress", [], None))
         response.task = self._spawn(self._respond(response))
 
     def _response_body(
@@ -792,9 +908,6 @@ class SimSession:
 
     async def _respond(self, response: SimResponse) -> None:
         try:
-            await self.emit(
-                "response.created", response=self._response_body(response, "in_progress", [], None)
-            )
             await self.emit(
                 "rate_limits.updated",
                 rate_limits=[
@@ -852,6 +965,7 @@ class SimSession:
         self, response: SimResponse, output: list[dict[str, Any]], out_text: int, out_audio: int
     ) -> None:
         status = "cancelled" if response.cancelled else "completed"
+        response.output = output
         body = self._response_body(
             response, status, output, self._usage(out_text, out_audio), response.cancelled
         )
@@ -882,9 +996,21 @@ class SimSession:
         await self._done(response, [done_item], len(text.split()), 0)
 
     async def _audio_response(self, response: SimResponse, turn: Turn) -> None:
+        outputs = []
+        for index, part in enumerate([turn, *(turn.more or [])]):
+            if response.cancelled and index:
+                break
+            outputs.append(await self._audio_item(response, part, index))
+        heard = [o["content"][0]["transcript"] for o in outputs]
+        words = sum(len(t.split()) for t in heard)
+        audio_ms = sum(i.audio_ms for i in self.items if i.id in {o["id"] for o in outputs})
+        await self._done(response, outputs, words, audio_ms // 50)
+
+    async def _audio_item(self, response: SimResponse, turn: Turn, index: int) -> dict[str, Any]:
+        """One assistant audio item of a response, streamed; its final form."""
         text = turn.say or ""
         item = SimItem(id=self.sim.new_id("item"), type="message", role="assistant", transcript=text)
-        ids = {"response_id": response.id, "item_id": item.id, "output_index": 0, "content_index": 0}
+        ids = {"response_id": response.id, "item_id": item.id, "output_index": index, "content_index": 0}
         body = {
             "id": item.id,
             "object": "realtime.item",
@@ -896,7 +1022,7 @@ class SimSession:
         previous = self.items[-1].id if self.items else None
         if response.in_band:
             self.items.append(item)
-        await self.emit("response.output_item.added", response_id=response.id, output_index=0, item=body)
+        await self.emit("response.output_item.added", response_id=response.id, output_index=index, item=body)
         if response.in_band:
             await self.emit("conversation.item.added", item=body, previous_item_id=previous)
         await self.emit("response.content_part.added", **ids, part={"type": "audio", "transcript": ""})
@@ -930,10 +1056,12 @@ class SimSession:
         await self.emit("response.content_part.done", **ids, part={"type": "audio", "transcript": heard_text})
         status = "incomplete" if response.cancelled else "completed"
         done_item = dict(body, status=status, content=[{"type": "output_audio", "transcript": heard_text}])
-        await self.emit("response.output_item.done", response_id=response.id, output_index=0, item=done_item)
+        await self.emit(
+            "response.output_item.done", response_id=response.id, output_index=index, item=done_item
+        )
         if response.in_band:
             await self.emit("conversation.item.done", item=done_item, previous_item_id=previous)
-        await self._done(response, [done_item], len(heard_text.split()), item.audio_ms // 50)
+        return done_item
 
     def _speech(self, seconds: float) -> bytes:
         size = int(seconds * 8000)

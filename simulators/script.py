@@ -21,6 +21,7 @@ class Turn:
     call: str | None = None
     arguments: dict[str, Any] | None = None
     calls: list[tuple[str, dict[str, Any]]] | None = None  # several function calls in one answer
+    more: list[Turn] | None = None  # further spoken items of the same answer, after this one
     mcp: dict[str, Any] | None = None  # {"server_label", "name", "arguments", "output"|"error"}
     approval: dict[str, Any] | None = None  # {"server_label", "name", "arguments"}
 

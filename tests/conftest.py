@@ -97,6 +97,8 @@ class RecordingHandler:
         self.request = request
         self.audio = bytearray()
         self.digits: list[str] = []
+        self.pauses = self.resumes = 0
+        self.languages: list[str] = []
         self.cancelled = False
         self.script = script
         RecordingHandler.instances.append(self)
@@ -117,6 +119,15 @@ class RecordingHandler:
 
     def on_dtmf(self, digit: str) -> None:
         self.digits.append(digit)
+
+    def on_pause(self) -> None:
+        self.pauses += 1
+
+    def on_resume(self) -> None:
+        self.resumes += 1
+
+    def on_language(self, language: str) -> None:
+        self.languages.append(language)
 
     def output_variables(self, failure=None) -> dict[str, str]:
         return {"RECORDED_BYTES": str(len(self.audio)), "FAILURE": str(failure)}

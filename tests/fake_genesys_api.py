@@ -33,6 +33,7 @@ class FakeGenesysApi:
         self.actions: dict[str, FakeAction] = {}
         self.token_requests = 0
         self.token_delay = 0.0
+        self.schema_delay = 0.0
         self.expires_in = 3600
         self.valid_tokens: set[str] = set()
         self.executions: list[tuple[str, Any]] = []
@@ -104,6 +105,7 @@ class FakeGenesysApi:
             )
         action_id, kind = request.match_info["action"], request.match_info["kind"]
         self.schema_requests.append((action_id, kind))
+        await asyncio.sleep(self.schema_delay)
         action = self.actions.get(action_id)
         if action is None:
             return web.json_response({"message": "action not found", "code": "not.found"}, status=404)
@@ -127,9 +129,19 @@ class FakeGenesysApi:
                 {"message": "upstream failure", "code": "internal.server.error"}, status=500
             )
         if action.mode == "400":
+            # Genesys embeds the backend's own answer in `message`; the template has no values.
             return web.json_response(
-                {"message": "Account 12345 not found", "code": "bad.request", "status": 400}, status=400
+                {
+                    "message": "Account 12345 not found: backend said {'ssn': '123-45-6789'}",
+                    "code": "bad.request",
+                    "status": 400,
+                    "messageWithParams": "Account {accountNumber} not found: {backendBody}",
+                    "messageParams": {"accountNumber": "12345", "backendBody": "{'ssn': '123-45-6789'}"},
+                },
+                status=400,
             )
+        if action.mode == "not-utf8":
+            return web.Response(body=b'{"name": "\xff\xfe"}', content_type="application/json")
         if action.mode == "429" and action.throttled > 0:
             action.throttled -= 1
             return web.json_response(

@@ -9,7 +9,7 @@ import pytest
 from conftest import make_settings
 
 from call_bridge import CallBridge, CallFailed
-from playout import Interruption
+from playout import Cut, Interruption
 
 
 class FakeLink:
@@ -98,7 +98,7 @@ def test_audio_deltas_are_played_tagged_with_their_response_and_item(bridge):
 def test_barge_in_truncates_at_heard_clamped_to_received_and_drops_late_deltas(bridge):
     bridge.handle(created("resp_1"))
     bridge.handle(delta("resp_1", "item_1", b"\x05" * 8000))  # 1000 ms received
-    bridge.link.cut = Interruption("resp_1", "item_1", heard_ms=1400, sent_ms=1000, dropped_bytes=0)
+    bridge.link.cut = Interruption((Cut("resp_1", "item_1", heard_ms=1400, sent_ms=1000),), 0)
     bridge.handle({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "item_u"})
     assert bridge.conn.sent[-1] == {
         "type": "conversation.item.truncate",
@@ -120,7 +120,7 @@ def test_items_of_a_replaced_session_are_not_truncated(bridge):
     bridge.handle(created("resp_1"))
     bridge.handle(delta("resp_1", "item_old", b"\x05" * 800))
     bridge.generation = 2  # the socket was replaced; the pacer still plays the old audio
-    bridge.link.cut = Interruption("resp_1", "item_old", heard_ms=50, sent_ms=100, dropped_bytes=0)
+    bridge.link.cut = Interruption((Cut("resp_1", "item_old", heard_ms=50, sent_ms=100),), 0)
     bridge.handle({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "u"})
     assert bridge.conn.sent == []
 
@@ -154,8 +154,10 @@ def test_usage_is_summed_over_every_response_done_including_cancelled_and_out_of
     )
 
 
-def test_a_rejected_response_create_is_sent_again_after_the_running_one(bridge):
-    bridge._request({"type": "response.create", "response": {"instructions": "x"}})
+def test_a_greeting_refused_because_a_vad_answer_won_the_race_is_sent_after_it(bridge):
+    bridge._request("greeting", "x")
+    (greeting,) = [e for e in bridge.conn.sent if e["type"] == "response.create"]
+    bridge.handle(created("resp_vad"))  # the server's own: it carries no request id
     bridge.handle(
         {
             "type": "error",
@@ -163,13 +165,39 @@ def test_a_rejected_response_create_is_sent_again_after_the_running_one(bridge):
                 "type": "invalid_request_error",
                 "code": "conversation_already_has_active_response",
                 "message": "...",
+                "event_id": greeting["event_id"],
             },
         }
     )
-    bridge.handle(created("resp_vad"))
     bridge.conn.sent.clear()
     bridge.handle({"type": "response.done", "response": {"id": "resp_vad", "status": "completed"}})
-    assert bridge.conn.sent == [{"type": "response.create", "response": {"instructions": "x"}}]
+    assert bridge.conn.sent == [greeting]
+
+
+def test_echoes_of_restored_items_never_evict_real_turns(bridge):
+    for n in range(120):
+        item = {"id": f"item_u{n}", "type": "message", "role": "user", "content": []}
+        bridge.handle({"type": "conversation.item.added", "item": item})
+        bridge.handle(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": f"item_u{n}",
+                "transcript": f"turn {n}",
+            }
+        )
+
+    def restore() -> list[dict]:
+        bridge.conn = None
+        conn = FakeConn()
+        bridge._attach(conn)
+        return [e["item"] for e in conn.sent if e["type"] == "conversation.item.create"]
+
+    first = restore()
+    for item in first:  # the new socket echoes every restored item
+        bridge.handle({"type": "conversation.item.added", "item": item})
+    second = restore()
+    assert [i["content"][0]["text"] for i in second] == [f"turn {n}" for n in range(120)]
+    assert all(len(i["id"]) <= 32 for i in first + second)
 
 
 @pytest.mark.parametrize(
@@ -227,20 +255,3 @@ def test_session_created_schedules_a_recycle_before_expiry(bridge):
 
     bridge.handle({"type": "session.created", "session": {"expires_at": int(time.time()) + 3600}})
     assert 3600 - 121 <= bridge._recycle_at - bridge.link.now() <= 3600 - 119
-
-
-def test_each_bot_turn_is_reported_to_genesys_as_heard(bridge):
-    bridge.handle(created("resp_1"))
-    bridge.handle(delta("resp_1", "item_1", b"\x05" * 8000))
-    bridge.link.cut = Interruption("resp_1", "item_1", heard_ms=500, sent_ms=800, dropped_bytes=1600)
-    bridge.handle({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "u"})
-    bridge.handle(
-        {
-            "type": "response.output_audio_transcript.done",
-            "item_id": "item_1",
-            "transcript": "one two three four",
-        }
-    )
-    assert bridge.link.events == [
-        {"type": "bot_turn_response", "data": {"disposition": "match", "text": "one two"}}
-    ]

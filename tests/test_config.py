@@ -12,7 +12,7 @@ import sys
 import pytest
 from conftest import CLIENT_SECRET, ROOT
 
-from config import ConfigError, load_settings, parse_api_keys, read_environment
+from config import ConfigError, filter_mcp_allowed, load_settings, parse_api_keys, read_environment
 
 SECRET_BYTES = base64.b64decode(CLIENT_SECRET)
 BASE = {"GENESYS_API_KEY": "k", "OPENAI_API_KEY": "sk-x"}
@@ -317,3 +317,13 @@ def test_profiles_carry_their_own_mcp_servers_filtered_by_the_allowlist(tmp_path
     assert any("other" in r.getMessage() and "dropped" in r.getMessage() for r in caplog.records)
     with pytest.raises(ConfigError, match="MCP_TOOLS"):
         load_settings(env(BOT_PROFILES_PATH=write_profiles(tmp_path, {"s": {"MCP_TOOLS": [{"type": "x"}]}})))
+
+
+def test_the_mcp_allowlist_ignores_case_in_scheme_and_host_but_not_in_the_path():
+    entries = [
+        {"type": "mcp", "server_label": "a", "server_url": "https://MCP.Example.com/crm"},
+        {"type": "mcp", "server_label": "b", "server_url": "https://mcp.example.com/CRM"},
+        {"type": "mcp", "server_label": "c", "server_url": "https://mcp.example.com/crm/admin"},
+    ]
+    kept = filter_mcp_allowed(entries, frozenset({"HTTPS://mcp.example.COM/crm"}), "test")
+    assert [e["server_label"] for e in kept] == ["a"]

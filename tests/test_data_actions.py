@@ -14,6 +14,7 @@ from fake_genesys_api import FakeAction
 from config import ConfigError, load_settings, region_domain
 from genesys_actions import (
     REDACTED,
+    ActionError,
     DataActionTools,
     GenesysApi,
     redact,
@@ -262,7 +263,12 @@ def test_redaction_handles_nesting_and_arrays_at_any_level():
     ("mode", "expected", "executions"),
     [
         ("500", "the data service failed (HTTP 500); the action may or may not have run", 1),
-        ("400", "the data service refused the request (HTTP 400): Account 12345 not found", 1),
+        (
+            "400",
+            "the data service refused the request (HTTP 400): "
+            "bad.request: Account {accountNumber} not found: {backendBody}",
+            1,
+        ),
         ("429", None, 2),
     ],
 )
@@ -290,9 +296,9 @@ async def test_a_timeout_is_an_error_and_is_never_retried(genesys_api, client):
 @pytest.mark.parametrize(
     ("arguments", "error"),
     [
-        ('{"accountNumber": "12"}', "invalid arguments: '12' does not match"),
-        ('{"accountNumber": "1234", "extra": 1}', "invalid arguments: Additional properties"),
-        ("{}", "invalid arguments: 'accountNumber' is a required property"),
+        ('{"accountNumber": "12"}', 'invalid arguments: accountNumber: must satisfy pattern "^[0-9]{4,10}$"'),
+        ('{"accountNumber": "1234", "extra": 1}', "invalid arguments: the arguments: does not satisfy"),
+        ("{}", "invalid arguments: the arguments: missing accountNumber"),
         ("[1]", "the arguments must be a JSON object"),
         ("not json", "the arguments are not valid JSON"),
         ('{"accountNumber": "' + "1" * 5000 + '"}', "the arguments are larger than 4096 bytes"),
@@ -345,3 +351,51 @@ async def test_a_refused_connection_is_retried(genesys_api, client):
         await starting
         await late.stop()
     assert status == 200 and len(late.executions) == 1
+
+
+# -- what the model and the log may see of a failure (issue 11) --------------------------------
+
+
+async def test_a_genesys_refusal_reaches_neither_model_nor_log_with_the_backend_s_data(
+    genesys_api, client, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    tools, name = await prepared(genesys_api, client, FakeAction(ACCOUNT_SCHEMA, mode="400"))
+    output, ok = await tools.run(name, '{"accountNumber": "12345"}')
+    assert not ok
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for value in ("123-45-6789", "backend said"):
+        assert value not in output and value not in logged
+    assert "bad.request" in output
+
+
+async def test_a_schema_violation_is_described_without_the_argument_value(genesys_api, client, caplog):
+    caplog.set_level(logging.DEBUG)
+    schema = {"type": "object", "properties": {"pin": {"type": "integer"}}, "required": ["pin"]}
+    tools, name = await prepared(genesys_api, client, FakeAction(schema))
+    output, ok = await tools.run(name, '{"pin": "9876 5432"}')
+    assert not ok and "pin: must satisfy type" in output
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "9876 5432" not in output and "9876 5432" not in logged
+
+
+async def test_a_body_that_is_not_utf8_is_a_clear_error(genesys_api, client):
+    tools, name = await prepared(genesys_api, client, FakeAction(ACCOUNT_SCHEMA, mode="not-utf8"))
+    output, ok = await tools.run(name, '{"accountNumber": "1234"}')
+    assert not ok and "not UTF-8" in json.loads(output)["error"]
+
+
+@pytest.mark.parametrize("expires_in", ["soon", None, -5, [1]])
+async def test_a_token_without_a_usable_lifetime_is_a_clear_error(genesys_api, client, expires_in):
+    genesys_api.expires_in = expires_in
+    api = await client()
+    with pytest.raises(ActionError, match="valid token lifetime"):
+        await api.token()
+
+
+async def test_an_unresolvable_schema_reference_is_a_clear_error(genesys_api, client):
+    schema = {"type": "object", "properties": {"account": {"$ref": "#/definitions/missing"}}}
+    tools, name = await prepared(genesys_api, client, FakeAction(schema))
+    output, ok = await tools.run(name, '{"account": "1"}')
+    assert not ok and "cannot be resolved" in json.loads(output)["error"]
+    assert genesys_api.executions == []

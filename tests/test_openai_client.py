@@ -9,6 +9,7 @@ import pytest
 
 from openai_client import (
     RealtimeConfig,
+    Request,
     ResponseGate,
     Transcript,
     Usage,
@@ -17,6 +18,7 @@ from openai_client import (
     history_events,
     lock_turns,
     realtime_url,
+    response_cancel,
     response_create,
     session_update,
     truncate,
@@ -137,11 +139,12 @@ def test_client_events_validate():
     for e in (
         event,
         truncate("item_1", 1234.7),
-        response_create(),
-        response_create(instructions="Say bye.", purpose="farewell"),
-        response_create(instructions="Summarize.", purpose="summary", out_of_band=True, text_only=True),
+        response_create("cx1r1"),
+        response_create("cx1r2", "farewell", instructions="Say bye."),
+        response_create("cx1s3", "summary", instructions="Summarize.", out_of_band=True, text_only=True),
+        response_cancel("resp_1"),
         function_output("call_1", '{"ok": true}'),
-        user_text("The caller keyed 1234#"),
+        user_text("The caller keyed 1234#", "cx1k4"),
     ):
         valid(e)
     assert truncate("i", -5)["audio_end_ms"] == 0
@@ -180,40 +183,66 @@ def test_usage_sums_every_field_and_tolerates_missing_ones():
     }
 
 
-def test_gate_sends_one_response_at_a_time():
+def request(n: int, purpose: str = "answer") -> Request:
+    request_id = f"cx1r{n}"
+    return Request(request_id, purpose, response_create(request_id, purpose))
+
+
+def test_own_phrases_never_call_tools_and_every_create_carries_its_request_id():
+    farewell = response_create("cx1r7", "farewell", instructions="bye")
+    assert farewell["event_id"] == "cx1r7" and farewell["response"]["metadata"]["request"] == "cx1r7"
+    assert farewell["response"]["tool_choice"] == "none"
+    assert "tool_choice" not in response_create("cx1r8")["response"]
+
+
+def test_gate_sends_one_response_at_a_time_and_matches_responses_by_request_id():
     gate = ResponseGate()
-    first = response_create(instructions="greet", purpose="greeting")
-    assert gate.request(first) is first
-    assert gate.request(response_create()) is None  # waits: the first is in flight
-    gate.created("resp_1")
-    assert gate.busy
-    assert gate.done("resp_other") is None
-    queued = gate.done("resp_1")
-    assert queued == response_create()
-    gate.created("resp_2")
-    assert gate.done("resp_2") is None and not gate.busy
+    first, second = request(1, "greeting"), request(2)
+    assert gate.request(first, 0.0) is first
+    assert gate.request(second, 0.0) is None  # waits: the first is in flight
+    assert gate.created("resp_vad", None) is None  # a server response: ours is still in flight
+    assert gate.in_flight is first
+    assert gate.created("resp_1", "cx1r1") is first
+    assert gate.done("resp_other", 0.0) is None
+    assert gate.done("resp_1", 0.0) is None  # the plain one was dropped: VAD's answer saw it
+    assert not gate.busy
 
 
-def test_gate_drops_a_plain_request_when_the_server_starts_a_response_itself():
+def test_gate_keeps_an_instructed_request_that_lost_the_race_and_drops_a_refused_one():
     gate = ResponseGate()
-    gate.created("resp_vad")  # server VAD started one
-    assert gate.request(response_create()) is None
-    gate.done("resp_vad")  # the queued plain request goes out now
-    gate.created("resp_ours")
-    gate.done("resp_ours")
-    gate.created("resp_vad2")
-    gate.request(response_create())
-    gate.created("resp_vad3")  # another server response while ours is queued: drop ours
-    assert gate.done("resp_vad3") is None
+    farewell = request(1, "farewell")
+    assert gate.request(farewell, 0.0) is farewell
+    gate.created("resp_vad", None)
+    assert gate.refused("cx1r1", "conversation_already_has_active_response", 0.1) is None
+    assert gate.done("resp_vad", 0.2) is farewell  # re-queued, sent after the VAD answer
+    gate.created("resp_f", "cx1r1")
+    gate.done("resp_f", 0.3)
+    digits = request(2)
+    assert gate.request(digits, 0.4) is digits
+    assert gate.refused("cx1r2", "invalid_value", 0.5) is None  # refused for good: not wedged
+    assert not gate.busy
+    later = request(3)
+    assert gate.request(later, 0.6) is later
 
 
-def test_gate_keeps_an_instructed_request_and_retries_after_rejection():
+def test_gate_holds_requests_while_the_caller_speaks():
     gate = ResponseGate()
-    farewell = response_create(instructions="bye", purpose="farewell")
-    assert gate.request(farewell) is farewell
-    gate.rejected()  # conversation_already_has_active_response
-    gate.created("resp_vad")
-    assert gate.done("resp_vad") is farewell
+    gate.speech_started()
+    assert gate.request(request(1), 0.0) is None
+    assert gate.speech_stopped(0.5) is None  # plain: turn detection answers the caller
+    gate.speech_started()
+    farewell = request(2, "farewell")
+    assert gate.request(farewell, 1.0) is None
+    assert gate.speech_stopped(1.5) is farewell  # instructed: sent once the caller stops
+
+
+def test_gate_gives_up_a_request_never_answered():
+    gate = ResponseGate()
+    gate.request(request(1, "greeting"), 0.0)
+    queued = request(2, "filler")
+    gate.request(queued, 0.1)
+    assert gate.expire(1.0) is None
+    assert gate.expire(10.0) is queued
     assert gate.reset() is True and not gate.busy
 
 
@@ -226,7 +255,9 @@ def test_transcript_keeps_conversation_order_and_cuts_unheard_text():
     t.cut("a1", 0.5)
     assert t.turns() == [("user", "hello"), ("assistant", "one two")]
     assert t.as_text() == "Caller: hello\nAssistant: one two"
-    events = history_events(t)
+    ids = iter(["cx2h1", "cx2h2"])
+    events = history_events(t, lambda: next(ids))
     for e in events:
         valid(e)
     assert [e["item"]["role"] for e in events] == ["user", "assistant"]
+    assert [e["item"]["id"] for e in events] == ["cx2h1", "cx2h2"]

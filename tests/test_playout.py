@@ -57,7 +57,7 @@ def test_heard_ms_is_playback_start_plus_elapsed_clamped_to_sent():
     p = Playout(lead=0.6, frame=0.2, min_interval=0.1)
     p.add("r1", "i1", b"\x01" * 8000 * 3, 0.0)
     run(p, until=1.0)
-    cut = p.interrupt(1.0)
+    (cut,) = p.interrupt(1.0).cuts
     assert cut.item_id == "i1" and cut.response_id == "r1"
     assert cut.heard_ms == 1000
     assert 1000 <= cut.sent_ms <= 1600
@@ -68,8 +68,9 @@ def test_interrupt_when_all_audio_was_sent_but_not_yet_played():
     p = Playout(lead=0.6)
     p.add("r1", "i1", b"\x01" * 4000, 0.0)  # 0.5 s, all sent at t=0
     assert len(p.take(0.0)) == 4000
-    cut = p.interrupt(0.3)
-    assert (cut.heard_ms, cut.sent_ms, cut.dropped_bytes) == (300, 500, 0)
+    interruption = p.interrupt(0.3)
+    (cut,) = interruption.cuts
+    assert (cut.heard_ms, cut.sent_ms, interruption.dropped_bytes) == (300, 500, 0)
 
 
 def test_nothing_to_interrupt_once_playback_finished():
@@ -80,13 +81,24 @@ def test_nothing_to_interrupt_once_playback_finished():
     assert p.interrupt(0.2) is None
 
 
-def test_interrupt_reports_the_item_being_heard_not_a_later_queued_one():
+def test_interrupt_reports_every_unfinished_item_and_what_was_heard_of_each():
     p = Playout(lead=0.6)
-    p.add("r1", "i1", b"\x01" * 1600, 0.0)  # 0.2 s
-    p.add("r1", "i2", b"\x02" * 8000, 0.0)
+    p.add("r1", "i1", b"\x01" * 1600, 0.0)  # 0.2 s, heard in full
+    p.add("r1", "i2", b"\x02" * 8000, 0.0)  # being heard
+    p.add("r2", "i3", b"\x03" * 8000, 0.0)  # queued behind it: never heard
     run(p, until=0.5)
-    cut = p.interrupt(0.5)
-    assert cut.item_id == "i2" and cut.heard_ms == 300
+    interruption = p.interrupt(0.5)
+    assert [(c.item_id, c.heard_ms) for c in interruption.cuts] == [("i2", 300), ("i3", 0)]
+    assert interruption.dropped_bytes == 8000 + 8000 - interruption.cuts[0].sent_ms * 8
+
+
+def test_item_end_says_when_the_caller_will_have_heard_an_item():
+    p = Playout(lead=0.6)
+    p.add("r1", "i1", b"\x01" * 4000, 0.0)
+    assert p.item_end("r1", "i1") is None  # still queued
+    p.take(0.0)
+    assert p.item_end("r1", "i1") == 0.5
+    assert p.item_end("r1", "other") == 0.0  # unknown: nothing left to hear
 
 
 def test_gaps_in_sending_are_not_counted_as_heard():
@@ -95,7 +107,7 @@ def test_gaps_in_sending_are_not_counted_as_heard():
     p.take(0.0)
     p.add("r1", "i1", b"\x01" * 800, 1.0)
     p.take(1.0)  # plays 1.0 .. 1.1
-    assert p.interrupt(1.05).heard_ms == 150
+    assert p.interrupt(1.05).cuts[0].heard_ms == 150
 
 
 def test_a_tiny_first_chunk_waits_for_more_rather_than_leaving_a_gap():

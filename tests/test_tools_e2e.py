@@ -94,7 +94,7 @@ async def test_a_hanging_action_leaves_no_dead_air(bridged, genesys_api):
     purposes = [
         e.get("response", {}).get("metadata", {}).get("purpose") for e in sim.events_of("response.create")
     ]
-    assert purposes == ["filler", None]
+    assert purposes == ["filler", "answer"]
     assert len(call.record.bot_audio) == 4800 + 4000  # the holding phrase, then the answer
     assert json.loads(function_outputs(sim)[0]) == {"status": "active"}
     assert sim.violations == [] and call.record.violations == []
