@@ -32,6 +32,7 @@ from audiohook_protocol import (
 from call_control import empty_output_variables
 from log_setup import conversation_id_var
 from metrics import Metrics
+from model_backend import Utterance
 from playout import Interruption, Playout
 from utils import cancel_and_wait, release_frames, send_within
 
@@ -435,11 +436,11 @@ class AudioHookSession:
     def now(self) -> float:
         return self._loop.time()
 
-    def play(self, response_id: str, item_id: str, audio: bytes) -> bool:
+    def play(self, utterance: Utterance, audio: bytes) -> bool:
         """Queue bot audio for paced sending. False when it cannot be queued (call ending, full)."""
         if not self.is_open:
             return False
-        if not self.playout.add(response_id, item_id, audio, self._loop.time()):
+        if not self.playout.add(utterance, audio, self._loop.time()):
             return False
         self._wake.set()
         return True
@@ -461,11 +462,11 @@ class AudioHookSession:
         if self.is_open:
             self._queue(self.protocol.event([entity]))
 
-    async def wait_item_played(self, response_id: str, item_id: str) -> None:
-        """Until the caller has heard all of this item, or it was cut."""
+    async def wait_item_played(self, utterance: Utterance) -> None:
+        """Until the caller has heard all of this utterance, or it was cut."""
         while True:
             now = self._loop.time()
-            end = self.playout.item_end(response_id, item_id)
+            end = self.playout.item_end(utterance)
             if end is not None and end <= now:
                 return
             await asyncio.sleep(0.1 if end is None else max(0.02, end - now))

@@ -11,36 +11,33 @@ from dataclasses import dataclass
 from typing import Any
 
 from instructions import END_ESCALATION, END_SUCCESS
-from openai_client import Usage
+from model_backend import ToolSpec, Usage
 
 MAX_SUMMARY_CHARS = 4000
 MAX_VARIABLE_CHARS = 1000
 DTMF_PAUSE_SECONDS = 2.0
 
-CALL_CONTROL_TOOLS: tuple[dict[str, Any], ...] = (
-    {
-        "type": "function",
-        "name": END_SUCCESS,
-        "description": "End the call because the caller's request has been fully handled.",
-        "parameters": {
+CALL_CONTROL_TOOLS: tuple[ToolSpec, ...] = (
+    ToolSpec(
+        END_SUCCESS,
+        "End the call because the caller's request has been fully handled.",
+        {
             "type": "object",
             "properties": {
                 "summary": {"type": "string", "description": "One sentence: what was done for the caller."}
             },
             "required": ["summary"],
         },
-    },
-    {
-        "type": "function",
-        "name": END_ESCALATION,
-        "description": "End the call and hand the caller to a person "
-        "(they asked, are upset, or you cannot help).",
-        "parameters": {
+    ),
+    ToolSpec(
+        END_ESCALATION,
+        "End the call and hand the caller to a person (they asked, are upset, or you cannot help).",
+        {
             "type": "object",
             "properties": {"reason": {"type": "string", "description": "Why a person is needed."}},
             "required": ["reason"],
         },
-    },
+    ),
 )
 CALL_CONTROL_NAMES = frozenset({END_SUCCESS, END_ESCALATION})
 
@@ -115,8 +112,10 @@ def output_variables(
     outcome: Outcome | None,
     summary: str | None,
     failure: str | None = None,
+    vendor: str = "",
+    model: str = "",
 ) -> dict[str, str]:
-    """All eleven output variables, always strings."""
+    """All fourteen output variables, always strings."""
     variables = usage.as_variables()
     escalate = failure is not None or (outcome is not None and outcome.escalate)
     reason = outcome.reason if outcome is not None else ""
@@ -128,6 +127,8 @@ def output_variables(
         ESCALATION_REQUIRED="true" if escalate else "false",
         ESCALATION_REASON=reason,
         COMPLETION_SUMMARY=outcome.summary if outcome is not None else "",
+        AI_VENDOR=vendor,
+        AI_MODEL=model,
     )
     return variables
 
@@ -165,7 +166,8 @@ class DtmfCollector:
 
 
 def dtmf_message(digits: str) -> str:
-    return f"The caller entered these digits on the phone keypad: {digits}"
+    """Digits spaced out, so that a voice model reads them one by one."""
+    return f"The caller entered {' '.join(digits)} on the keypad."
 
 
 class CallLimits:

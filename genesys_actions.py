@@ -33,6 +33,7 @@ import referencing.exceptions
 from config import ApiSettings
 from instructions import ToolNote
 from log_setup import SecretMasker
+from model_backend import ToolSpec
 
 log = logging.getLogger("data-actions")
 
@@ -347,14 +348,6 @@ class ActionTool:
     parameters: dict[str, Any]
     validator: Any = field(repr=False)
 
-    def definition(self) -> dict[str, Any]:
-        return {
-            "type": "function",
-            "name": self.name,
-            "description": self.description,
-            "parameters": self.parameters,
-        }
-
 
 def requested_actions(
     ids: Sequence[str], descriptions: Sequence[str], allowed: frozenset[str], cap: int
@@ -437,8 +430,8 @@ class DataActionTools:
         return schema, success
 
     @property
-    def definitions(self) -> list[dict[str, Any]]:
-        return [tool.definition() for tool in self.tools.values()]
+    def specs(self) -> list[ToolSpec]:
+        return [ToolSpec(tool.name, tool.description, tool.parameters) for tool in self.tools.values()]
 
     @property
     def notes(self) -> list[ToolNote]:

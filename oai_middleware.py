@@ -28,6 +28,7 @@ from websockets.protocol import State as ConnectionState
 
 from audiohook_protocol import is_uuid
 from audiohook_server import CLOSE_WAIT, AudioHookSession, HandlerFactory
+from backends import backend_chooser
 from call_bridge import make_bridge_factory
 from call_control import empty_output_variables
 from config import DEPRECATED_MODELS, ConfigError, Settings, load_settings, read_environment
@@ -98,7 +99,10 @@ class App:
             GenesysApi(settings.genesys, masker=masker) if settings.genesys is not None else None
         )
         self.handler_factory = handler_factory or make_bridge_factory(
-            settings, genesys_api=self.genesys_api, metrics=self.metrics
+            settings,
+            backend_chooser(settings, self.metrics),
+            genesys_api=self.genesys_api,
+            metrics=self.metrics,
         )
         self.sessions: set[AudioHookSession] = set()
         self.refusals = RefusalLog(log)

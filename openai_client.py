@@ -1,34 +1,76 @@
-"""The OpenAI side of a call: Realtime (GA) over WebSocket, G.711 μ-law both ways.
+"""The OpenAI Realtime backend (GA protocol, μ-law both ways), for OpenAI and Azure OpenAI.
 
-What is here speaks the OpenAI protocol and nothing else: the `session.update` shape, the client
-events, usage totals, the one-response-at-a-time gate, the conversation transcript (kept for the
-summary and to restore a replaced session), and the connection with its single writer task. What
-the events *mean* for a call is decided in `call_bridge.py`.
+What is here speaks the Realtime protocol and nothing else: the `session.update` shape, the
+client events, the one-response-at-a-time gate, and `RealtimeSession`, which turns one socket's
+server events into the call core's typed events (`model_backend`) and its commands into client
+events. What a call *does* (barge-in on the Genesys side, tools, the ending, limits) is the
+core's, in `call_bridge.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import json
+import itertools
 import logging
 import urllib.parse
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from utils import cancel_and_wait, send_within
+from call_control import SUMMARY_INSTRUCTIONS, summary_json
+from config import ApprovalPolicy, iso_639_1
+from metrics import Metrics
+from model_backend import (
+    BotAudio,
+    BotText,
+    CallerSpeechStarted,
+    CallerSpeechStopped,
+    CallerTurn,
+    CallSpec,
+    Capabilities,
+    EventSink,
+    FarewellDone,
+    ModelFailed,
+    ModelRefused,
+    Ready,
+    SessionEnd,
+    SessionStart,
+    ToolCall,
+    Usage,
+    UsageReport,
+    Utterance,
+    UtteranceStarted,
+)
+from model_socket import ModelSocket
+from utils import ULAW_SILENCE
 
 log = logging.getLogger("openai")
 
 PCMU = {"type": "audio/pcmu"}
-SEND_TIMEOUT = 10.0
-MAX_PENDING_EVENTS = 1000
+SESSION_LIFETIME = 3600.0  # OpenAI's documented session limit, when the session does not say
+RECYCLE_MARGIN_SECONDS = 120.0  # replace the session this long before it expires
+HEALTHY_AFTER_SECONDS = 3.0  # a confirmed socket alive this long has proved the outage over
+OWN_ID = "cx"  # the prefix of every id we create (at most 32 characters in all)
+ITEMS_TRACKED = 64  # assistant items whose utterance is remembered, oldest forgotten first
+PAUSE_SILENCE_BYTES = 6400  # 0.8 s: enough for turn detection to hear the caller stop
+OUT_OF_BAND = "summary"  # the purpose of the one response that runs outside the conversation
+# Errors no retry can cure: the call ends at once, with escalation.
+FATAL_ERROR_CODES = frozenset(
+    {
+        "beta_api_shape_disabled",
+        "model_not_found",
+        "invalid_api_key",
+        "insufficient_quota",
+        "account_deactivated",
+        "billing_hard_limit_reached",
+        "credit_balance_exhausted",
+    }
+)
+HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active", "input_audio_buffer_commit_empty"})
 
 
 @dataclass(frozen=True)
@@ -180,40 +222,22 @@ def assistant_text(text: str, item_id: str | None = None) -> dict[str, Any]:
     return _message("assistant", "output_text", text, item_id)
 
 
-# -- usage -----------------------------------------------------------------------------------
+# -- usage ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class Usage:
-    """Token totals over every `response.done` of a call, on every socket it used."""
-
-    input_text: int = 0
-    input_cached_text: int = 0
-    input_audio: int = 0
-    input_cached_audio: int = 0
-    output_text: int = 0
-    output_audio: int = 0
-
-    def add(self, usage: dict[str, Any] | None) -> None:
-        given = _object(usage, "input_token_details")
-        cached = _object(given, "cached_tokens_details")
-        out = _object(usage, "output_token_details")
-        self.input_text += _int(given.get("text_tokens"))
-        self.input_audio += _int(given.get("audio_tokens"))
-        self.input_cached_text += _int(cached.get("text_tokens"))
-        self.input_cached_audio += _int(cached.get("audio_tokens"))
-        self.output_text += _int(out.get("text_tokens"))
-        self.output_audio += _int(out.get("audio_tokens"))
-
-    def as_variables(self) -> dict[str, str]:
-        return {
-            "TOTAL_INPUT_TEXT_TOKENS": str(self.input_text),
-            "TOTAL_INPUT_CACHED_TEXT_TOKENS": str(self.input_cached_text),
-            "TOTAL_INPUT_AUDIO_TOKENS": str(self.input_audio),
-            "TOTAL_INPUT_CACHED_AUDIO_TOKENS": str(self.input_cached_audio),
-            "TOTAL_OUTPUT_TEXT_TOKENS": str(self.output_text),
-            "TOTAL_OUTPUT_AUDIO_TOKENS": str(self.output_audio),
-        }
+def realtime_usage(usage: Any) -> Usage:
+    """A `response.done` usage object as the call's token counts (anything missing counts 0)."""
+    given = _object(usage, "input_token_details")
+    cached = _object(given, "cached_tokens_details")
+    out = _object(usage, "output_token_details")
+    return Usage(
+        input_text=_int(given.get("text_tokens")),
+        input_audio=_int(given.get("audio_tokens")),
+        input_cached_text=_int(cached.get("text_tokens")),
+        input_cached_audio=_int(cached.get("audio_tokens")),
+        output_text=_int(out.get("text_tokens")),
+        output_audio=_int(out.get("audio_tokens")),
+    )
 
 
 def _object(parent: Any, key: str) -> dict[str, Any]:
@@ -223,6 +247,26 @@ def _object(parent: Any, key: str) -> dict[str, Any]:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _at(value: Any, *path: str) -> Any:
+    """A field deep in an event, or None when any step is missing or not an object.
+
+    Events come from a peer: a field of the wrong type reads as absent, never as a crash.
+    """
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
 # -- one in-band response at a time ----------------------------------------------------------
@@ -337,59 +381,30 @@ class ResponseGate:
         return request
 
 
-# -- what was said ---------------------------------------------------------------------------
+# -- the session ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Transcript:
-    """Both sides of the conversation, in conversation order, by item id."""
-
-    _turns: dict[str, list[str]] = field(default_factory=dict)  # item id -> [role, text]
-    max_turns: int = 200
-
-    def add_item(self, item_id: str, role: str) -> None:
-        if role in ("user", "assistant") and item_id not in self._turns:
-            self._turns[item_id] = [role, ""]
-            while len(self._turns) > self.max_turns:
-                del self._turns[next(iter(self._turns))]
-
-    def set_text(self, item_id: str, role: str, text: str) -> None:
-        self.add_item(item_id, role)
-        if item_id in self._turns:
-            self._turns[item_id][1] = text.strip()
-
-    def cut(self, item_id: str, fraction: float) -> None:
-        """The caller heard only part of an assistant turn: keep that part of its text."""
-        turn = self._turns.get(item_id)
-        if turn and turn[1]:
-            words = turn[1].split()
-            turn[1] = " ".join(words[: round(len(words) * max(0.0, min(1.0, fraction)))])
-
-    def text(self, item_id: str) -> str:
-        turn = self._turns.get(item_id)
-        return turn[1] if turn else ""
-
-    def add_text(self, role: str, text: str, key: str) -> None:
-        """A turn that is not an audio item (keyed digits, a restored session's history)."""
-        self.set_text(key, role, text)
-
-    def turns(self) -> list[tuple[str, str]]:
-        return [(role, text) for role, text in self._turns.values() if text]
-
-    def as_text(self) -> str:
-        return "\n".join(f"{'Caller' if r == 'user' else 'Assistant'}: {t}" for r, t in self.turns())
-
-
-def history_events(transcript: Transcript, new_id: Callable[[], str]) -> list[dict[str, Any]]:
-    """The conversation so far as items for a new session, under ids of ours (so that their
-    echoes are known for what they are)."""
-    return [
-        user_text(t, new_id()) if role == "user" else assistant_text(t, new_id())
-        for role, t in transcript.turns()
-    ]
-
-
-# -- the connection --------------------------------------------------------------------------
+def realtime_config(spec: CallSpec, model: str, language: str | None = None) -> RealtimeConfig:
+    call = spec.call
+    tools = tuple(
+        {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
+        for t in spec.tools
+    )
+    return RealtimeConfig(
+        model=model,
+        voice=call.voice,
+        instructions=spec.instructions,
+        turn_detection=call.turn_detection,
+        vad_threshold=call.vad_threshold,
+        vad_silence_ms=call.vad_silence_ms,
+        vad_prefix_padding_ms=call.vad_prefix_padding_ms,
+        vad_eagerness=call.vad_eagerness,
+        transcription_model=call.transcription_model,
+        transcription_language=iso_639_1(language or call.language),
+        noise_reduction=call.noise_reduction,
+        max_output_tokens=call.max_output_tokens,
+        tools=(*tools, *spec.mcp_tools),
+    )
 
 
 def realtime_url(base: str, model: str) -> str:
@@ -399,72 +414,513 @@ def realtime_url(base: str, model: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
-class RealtimeConnection:
-    """One Realtime WebSocket, with a single writer task draining a bounded queue."""
+class RealtimeSession:
+    """One Realtime socket: its server events as the core's typed events, the core's commands as
+    client events. Everything here lives and dies with the socket."""
 
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self._pending: deque[str] = deque()
-        self._wake = asyncio.Event()
-        self._writer = asyncio.create_task(self._write(), name="openai-writer")
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        truncation=True, caller_speech_events=True, silent_tool_results=True, summary_in_session=True
+    )
+    # Server event type -> method name. Names, not bound methods: a table of bound methods on the
+    # instance would be a reference cycle keeping every finished call until a full collection.
+    _HANDLERS: ClassVar[dict[str, str]] = {
+        "session.created": "on_session_created",
+        "session.updated": "on_session_updated",
+        "input_audio_buffer.speech_started": "on_speech_started",
+        "input_audio_buffer.speech_stopped": "on_speech_stopped",
+        "conversation.item.added": "on_item_added",
+        "conversation.item.created": "on_item_added",
+        "conversation.item.input_audio_transcription.completed": "on_caller_transcript",
+        "response.created": "on_response_created",
+        "response.output_item.added": "on_output_item",
+        "response.output_item.done": "on_output_item_done",
+        "response.output_audio.delta": "on_audio_delta",
+        "response.output_audio_transcript.done": "on_bot_transcript",
+        "response.function_call_arguments.done": "on_function_call",
+        "mcp_list_tools.completed": "on_mcp_event",
+        "mcp_list_tools.failed": "on_mcp_event",
+        "response.mcp_call.completed": "on_mcp_event",
+        "response.mcp_call.failed": "on_mcp_event",
+        "response.done": "on_response_done",
+        "rate_limits.updated": "on_rate_limits",
+        "error": "on_error",
+    }
 
-    @classmethod
-    async def open(cls, url: str, model: str, api_key: str, timeout: float) -> RealtimeConnection:
-        async with asyncio.timeout(timeout):
-            ws = await connect(
-                realtime_url(url, model),
-                additional_headers={"Authorization": f"Bearer {api_key}"},
-                max_size=None,
-                compression=None,
-                open_timeout=timeout,
-                close_timeout=2,
-                ping_interval=20,
-                ping_timeout=20,
-            )
-        return cls(ws)
+    def __init__(
+        self,
+        socket: ModelSocket,
+        model: str,
+        *,
+        clock: Callable[[], float],
+        approval: ApprovalPolicy,
+        metrics: Metrics,
+    ) -> None:
+        self.socket = socket
+        self.model = model
+        self.number = 0  # the call's socket number, from `begin`
+        self.config: RealtimeConfig | None = None
+        self.clock = clock
+        self.approval = approval
+        self.metrics = metrics
+        self.gate = ResponseGate()
+        self.format_ok = False  # OpenAI confirmed audio/pcmu output on this socket
+        self.confirmed_at: float | None = None
+        self.completed = False  # a response completed on this socket
+        self.recycle_at: float | None = None
+        self.held_errors: list[str] = []  # errors before the socket proved healthy
+        self.rate_limits: list[dict[str, Any]] = []
+        self._events: EventSink = lambda event: None
+        self._ids = itertools.count(1)
+        self._items: OrderedDict[str, Utterance] = OrderedDict()  # assistant item id -> utterance
+        self._by_response: dict[str, list[Utterance]] = {}  # until the response is done
+        self._purposes: dict[str, str] = {}  # response id -> purpose (ours); absent: the server's
+        self._stale: set[str] = set()  # responses whose audio must not reach the caller
+        self._out_of_band: set[str] = set()
+        self._truncated: set[str] = set()
+        self._farewell: str | None = None  # the farewell's response id
+        self._summary: asyncio.Future[str | None] | None = None
+        self._mcp_items: dict[str, str] = {}  # MCP item id -> "label" or "label/tool", for logs
+        self._buffer_full_warned = False
 
-    def send(self, event: dict[str, Any] | str) -> None:
-        """Queue a client event. A queue this full means OpenAI stopped reading: drop the socket."""
-        if len(self._pending) >= MAX_PENDING_EVENTS:
-            log.warning(
-                "OpenAI is not reading (%d events pending); dropping the connection", len(self._pending)
-            )
-            self._pending.clear()
-            self.ws.transport.abort()
-            return
-        self._pending.append(event if isinstance(event, str) else json.dumps(event))
-        self._wake.set()
+    def begin(self, start: SessionStart) -> None:
+        """The first frames: the configuration, and the conversation so far on a replacement."""
+        self.number = start.socket
+        self.config = realtime_config(start.spec, self.model)
+        self.socket.send(session_update(self.config, event_id=f"session-update-{self.number}"))
+        for role, text in start.history:
+            message = user_text if role == "user" else assistant_text
+            self.socket.send(message(text, self.new_id("h")))
 
-    async def recv(self) -> dict[str, Any]:
-        """The next server event. Raises ConnectionClosed when the socket is gone."""
-        while True:
-            raw = await self.ws.recv()
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                log.warning("OpenAI sent a frame that is not JSON; ignored")
-                continue
-            if isinstance(event, dict) and isinstance(event.get("type"), str):
-                return event
-            log.warning("OpenAI sent an event without a type; ignored")
+    def new_id(self, kind: str) -> str:
+        """An id for something we create: short (the service takes at most 32 characters) and
+        recognisable (its echoes are ours)."""
+        return f"{OWN_ID}{self.number}{kind}{next(self._ids)}"
 
-    async def _write(self) -> None:
-        while True:
-            while self._pending:
-                message = self._pending.popleft()
+    # -- commands
+
+    def send_audio(self, pcmu: bytes) -> None:
+        self.socket.send(append_audio(pcmu))
+
+    def say(self, purpose: str, instructions: str) -> None:
+        self._request(purpose, f"{self.config.instructions}\n\n{instructions}")
+
+    def user_input(self, text: str) -> None:
+        self.socket.send(user_text(text, self.new_id("k")))
+        self._request()
+
+    def note(self, text: str) -> None:
+        self.socket.send(system_text(text, self.new_id("t")))
+        self._request()
+
+    def tool_result(self, call_id: str, output: str, *, respond: bool = True) -> None:
+        self.socket.send(function_output(call_id, output))
+        self.gate.discard("filler")  # the holding phrase is not needed any more
+        if respond:
+            self._request()
+
+    def farewell(self, instructions: str, call_id: str | None = None, output: str | None = None) -> None:
+        if call_id is not None:
+            self.socket.send(function_output(call_id, output or "{}"))
+        # The caller's voice must neither cut the farewell nor start another answer.
+        self.socket.send(lock_turns(self.config, event_id=self.new_id("lock")))
+        self.gate.turns_locked = True
+        self.say("farewell", instructions)
+
+    def heard(self, cuts: list[Utterance]) -> None:
+        for utterance in cuts:
+            if utterance.socket != self.number or utterance.key in self._truncated:
+                continue  # the item lives in a replaced session
+            heard_ms = min(utterance.heard_ms or 0, utterance.received_ms)
+            self.socket.send(truncate(utterance.key, heard_ms))
+            self._truncated.add(utterance.key)
+
+    def cancel_answer(self) -> None:
+        if self.gate.active is not None:
+            self._stale.add(self.gate.active)
+            self.socket.send(response_cancel())
+        if self.gate.in_flight is not None:
+            self.gate.in_flight.cancel = True
+        self.gate.discard("answer")
+
+    def set_language(self, spec: CallSpec) -> None:
+        self.config = realtime_config(spec, self.config.model)
+        if not self.gate.turns_locked:
+            self.socket.send(session_update(self.config, event_id=self.new_id("lang")))
+
+    def caller_paused(self) -> None:
+        """Close the caller's turn with a little silence, so that no one waits on the end of an
+        utterance that will not come."""
+        if self.gate.caller_speaking:
+            self.send_audio(ULAW_SILENCE * PAUSE_SILENCE_BYTES)
+
+    def update_tools(self, spec: CallSpec) -> None:
+        """Data Actions became ready after the session started."""
+        if self.gate.turns_locked:
+            return  # ending: no tool is wanted any more, and turns stay locked
+        self.config = realtime_config(spec, self.config.model)
+        self.socket.send(session_update(self.config, event_id=f"tools-update-{self.number}"))
+
+    def _request(self, purpose: str = "answer", instructions: str | None = None) -> None:
+        request_id = self.new_id("r")
+        event = response_create(request_id, purpose, instructions=instructions)
+        self._send_request(self.gate.request(Request(request_id, purpose, event), self.clock()))
+
+    def _send_request(self, request: Request | None) -> None:
+        if request is not None:
+            self.socket.send(request.event)
+
+    # -- life cycle
+
+    @property
+    def healthy(self) -> bool:
+        if self.confirmed_at is None:
+            return False
+        return self.completed or self.clock() - self.confirmed_at >= HEALTHY_AFTER_SECONDS
+
+    async def run(self, events: EventSink, quiet: Callable[[], bool]) -> SessionEnd:
+        self._events = events
+        try:
+            while True:
                 try:
-                    await send_within(self.ws, message, SEND_TIMEOUT)
+                    # One timer for many events (one per event costs CPU): re-entered when the
+                    # session's expiry becomes known, or when it was not a quiet moment to recycle.
+                    async with asyncio.timeout(self._recycle_wait()) as timer:
+                        while timer.when() is not None or self.recycle_at is None:
+                            self.handle(await self.socket.recv())
                 except TimeoutError:
-                    log.warning("a send to OpenAI blocked for %ss; dropping the connection", SEND_TIMEOUT)
-                    self.ws.transport.abort()
-                    return
+                    if quiet() and not self.gate.busy:
+                        return SessionEnd.RECYCLED
                 except ConnectionClosed:
-                    return
-            self._wake.clear()
-            await self._wake.wait()
+                    return SessionEnd.DROPPED
+        finally:
+            self._events = lambda event: None
+            if self._summary is not None and not self._summary.done():
+                self._summary.set_result(None)
+
+    def _recycle_wait(self) -> float | None:
+        if self.recycle_at is None:
+            return None
+        return max(0.5, self.recycle_at - self.clock())
+
+    def tick(self) -> None:
+        """Once a second from the core: errors held back, requests never answered."""
+        self._log_held_errors()
+        expired = self.gate.expire(self.clock())
+        if expired is not None:
+            log.warning("OpenAI never answered a response.create; going on without it")
+            self._send_request(expired)
+
+    def handover(self) -> object | None:
+        return None  # a new Realtime session is restored from the transcript
+
+    def unfinished(self) -> bool:
+        return self.gate.busy or self.gate.queued is not None
+
+    def last_error(self) -> str | None:
+        return self.held_errors[-1].split(":", 1)[0] if self.held_errors else None
+
+    async def summary(self, transcript: str) -> tuple[str | None, Usage]:
+        """An out-of-band text response on this socket; its usage arrives with its
+        `response.done` like every other response's."""
+        self._summary = asyncio.get_running_loop().create_future()
+        request_id = self.new_id("s")
+        self.socket.send(
+            response_create(
+                request_id, OUT_OF_BAND, instructions=SUMMARY_INSTRUCTIONS, out_of_band=True, text_only=True
+            )
+        )
+        return await self._summary, Usage()
+
+    async def finish(self, timeout: float) -> None:
+        return None  # nothing to say goodbye to: closing the socket ends the session
 
     async def close(self) -> None:
-        await cancel_and_wait(self._writer)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(3):
-                await self.ws.close()
+        await self.socket.close()
+
+    # -- server events
+
+    def handle(self, event: dict[str, Any]) -> None:
+        name = self._HANDLERS.get(_text(event.get("type")))
+        if name is not None:
+            getattr(self, name)(event)
+
+    def on_session_created(self, event: dict[str, Any]) -> None:
+        # The session's own two stamps, when it gives both: the host clock need not agree with
+        # OpenAI's. Otherwise the documented lifetime, counted from now.
+        created, expires = _at(event, "session", "created_at"), _at(event, "session", "expires_at")
+        lifetime = SESSION_LIFETIME
+        if _number(created) and _number(expires) and expires > created:
+            lifetime = expires - created
+        margin = min(RECYCLE_MARGIN_SECONDS, lifetime / 4)
+        self.recycle_at = self.clock() + lifetime - margin
+
+    def on_session_updated(self, event: dict[str, Any]) -> None:
+        output = _at(event, "session", "audio", "output", "format")
+        kind = output.get("type") if isinstance(output, dict) else output
+        if kind != "audio/pcmu":
+            raise ModelFailed(f"OpenAI output format is {kind!r}, not audio/pcmu")
+        self.format_ok = True
+        if self.confirmed_at is None:
+            self.confirmed_at = self.clock()
+            self._events(Ready())
+
+    def on_speech_started(self, event: dict[str, Any]) -> None:
+        self.gate.speech_started()
+        if self.gate.active is not None and not self.gate.turns_locked:
+            self._stale.add(self.gate.active)  # server VAD cancels it: drop its late deltas
+        start_ms = event.get("audio_start_ms")
+        self._events(CallerSpeechStarted(start_ms * 8 if _number(start_ms) else None))
+
+    def on_speech_stopped(self, event: dict[str, Any]) -> None:
+        self._send_request(self.gate.speech_stopped(self.clock()))
+        self._events(CallerSpeechStopped())
+
+    def on_item_added(self, event: dict[str, Any]) -> None:
+        kind, item_id = _at(event, "item", "type"), _at(event, "item", "id")
+        if not isinstance(item_id, str) or item_id.startswith(OWN_ID):
+            return  # an echo of an item of ours (restored history, digits): already known
+        if kind == "message" and _at(event, "item", "role") == "user":
+            self._events(CallerTurn(item_id))
+        elif kind == "mcp_list_tools":
+            self._mcp_items[item_id] = str(_at(event, "item", "server_label"))
+
+    def on_caller_transcript(self, event: dict[str, Any]) -> None:
+        text = _text(event.get("transcript"))
+        self._events(CallerTurn(_text(event.get("item_id")), text))
+        log.debug("caller: %s", text)
+
+    def on_response_created(self, event: dict[str, Any]) -> None:
+        response_id = _text(_at(event, "response", "id"))
+        purpose = _at(event, "response", "metadata", "purpose")
+        if purpose == OUT_OF_BAND:
+            self._out_of_band.add(response_id)
+            return
+        fmt = _at(event, "response", "audio", "output", "format")
+        if isinstance(fmt, dict) and fmt.get("type") not in (None, "audio/pcmu"):
+            raise ModelFailed(f"OpenAI response format is {fmt.get('type')!r}, not audio/pcmu")
+        request_id = _at(event, "response", "metadata", "request")
+        started = self.gate.created(response_id, request_id if isinstance(request_id, str) else None)
+        if started is None:
+            return
+        self._purposes[response_id] = started.purpose
+        if started.cancel:
+            # A key was pressed after we asked for this one: it must not be heard.
+            self._stale.add(response_id)
+            self.socket.send(response_cancel(response_id))
+        if started.purpose == "farewell":
+            self._farewell = response_id
+
+    def on_output_item(self, event: dict[str, Any]) -> None:
+        item = _at(event, "item")
+        response_id = _text(event.get("response_id"))
+        if _at(item, "type") == "mcp_call":
+            self._mcp_items[str(item.get("id"))] = f"{item.get('server_label')}/{item.get('name')}"
+        elif _at(item, "type") == "message" and response_id not in self._out_of_band:
+            self._utterance(_text(_at(item, "id")), response_id)
+
+    def _utterance(self, item_id: str, response_id: str) -> Utterance:
+        utterance = self._items.get(item_id)
+        if utterance is None:
+            purpose = self._purposes.get(response_id, "answer")
+            utterance = Utterance(item_id, purpose, self.number)
+            self._items[item_id] = utterance
+            self._by_response.setdefault(response_id, []).append(utterance)
+            while len(self._items) > ITEMS_TRACKED:
+                self._items.popitem(last=False)
+            self._events(UtteranceStarted(utterance))
+        return utterance
+
+    def on_audio_delta(self, event: dict[str, Any]) -> None:
+        response_id = _text(event.get("response_id"))
+        if response_id in self._out_of_band:
+            return
+        if not self.format_ok:
+            raise ModelFailed("OpenAI sent audio before confirming audio/pcmu output")
+        try:
+            audio = base64.b64decode(_text(event.get("delta")), validate=True)
+        except ValueError:
+            log.warning("OpenAI sent an audio delta that is not base64; ignored")
+            return
+        utterance = self._utterance(_text(event.get("item_id")), response_id)
+        if response_id in self._stale or utterance.stale:
+            self._stale.add(response_id)
+            return
+        utterance.received_bytes += len(audio)
+        self._events(BotAudio(utterance, audio))
+
+    def on_bot_transcript(self, event: dict[str, Any]) -> None:
+        if _text(event.get("response_id")) in self._out_of_band:
+            return
+        utterance = self._items.get(_text(event.get("item_id")))
+        if utterance is not None:
+            utterance.text = _text(event.get("transcript")).strip()
+            self._events(BotText(utterance))
+            log.debug("assistant: %s", utterance.text)
+
+    def on_function_call(self, event: dict[str, Any]) -> None:
+        call_id, name = _text(event.get("call_id")), _text(event.get("name"))
+        self._events(ToolCall(call_id, name, _text(event.get("arguments"))))
+
+    def on_output_item_done(self, event: dict[str, Any]) -> None:
+        item = _at(event, "item")
+        if _at(item, "type") != "mcp_approval_request" or not isinstance(item.get("id"), str):
+            return
+        label, tool = str(item.get("server_label")), str(item.get("name"))
+        approve = self.approval.approves(label, tool)
+        log.info("MCP approval request for %s/%s: %s", label, tool, "approved" if approve else "denied")
+        self.metrics.mcp_events.labels("approval_" + ("approved" if approve else "denied")).inc()
+        response: dict[str, Any] = {
+            "type": "mcp_approval_response",
+            "id": self.new_id("a"),
+            "approval_request_id": item.get("id"),
+            "approve": approve,
+        }
+        if not approve:
+            response["reason"] = "not approved for phone calls"
+        self.socket.send({"type": "conversation.item.create", "item": response})
+        self._request()
+
+    def on_mcp_event(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        self.metrics.mcp_events.labels(kind).inc()
+        item_id = str(event.get("item_id"))
+        what = self._mcp_items.get(item_id, item_id)
+        listing = "tool listing" if kind.startswith("mcp_list") else "call"
+        if kind.endswith("failed"):
+            log.warning("MCP %s failed: %s", listing, what)
+        else:
+            log.info("MCP %s completed: %s", listing, what)
+
+    def on_response_done(self, event: dict[str, Any]) -> None:
+        response = _at(event, "response")
+        if not isinstance(response, dict):
+            return
+        response_id = _text(response.get("id"))
+        self._events(UsageReport(realtime_usage(response.get("usage"))))
+        status = response.get("status")
+        if status == "failed":
+            error = _at(response, "status_details", "error")
+            log.warning("OpenAI response failed: %s", _at(error, "code") or _at(error, "type") or "-")
+        elif status == "completed":
+            self.completed = True
+            self._log_held_errors()
+        if response_id in self._out_of_band:
+            self._out_of_band.discard(response_id)
+            self._take_summary(response)
+            return
+        if response_id in self._stale:
+            self._stale.discard(response_id)
+            self._truncate_unheard(response)
+        for utterance in self._by_response.pop(response_id, []):
+            utterance.done = True
+        if response_id == self._farewell:
+            self._events(FarewellDone())
+        self._purposes.pop(response_id, None)
+        self._send_request(self.gate.done(response_id, self.clock()))
+
+    def _truncate_unheard(self, response: dict[str, Any]) -> None:
+        """Items of a cut response that the caller never heard a byte of (their audio came after
+        the barge-in) are truncated to nothing, and so is what the transcript keeps of them."""
+        output = response.get("output")
+        for item in output if isinstance(output, list) else []:
+            item_id = _at(item, "id")
+            if _at(item, "role") != "assistant" or not isinstance(item_id, str) or item_id in self._truncated:
+                continue
+            self.socket.send(truncate(item_id, 0))
+            self._truncated.add(item_id)
+            utterance = self._items.get(item_id)
+            if utterance is not None and utterance.heard_ms is None:
+                utterance.heard_ms = 0
+
+    def _take_summary(self, response: dict[str, Any]) -> None:
+        output = response.get("output")
+        texts = [
+            _text(_at(part, "text")) or _text(_at(part, "transcript"))
+            for item in (output if isinstance(output, list) else [])
+            for part in (_at(item, "content") if isinstance(_at(item, "content"), list) else [])
+        ]
+        text = "".join(texts).strip()
+        result = summary_json(text) if response.get("status") == "completed" and text else None
+        if result is None:
+            log.warning("the conversation summary failed (%s)", response.get("status"))
+        if self._summary is not None and not self._summary.done():
+            self._summary.set_result(result)
+
+    def on_rate_limits(self, event: dict[str, Any]) -> None:
+        limits = event.get("rate_limits")
+        if isinstance(limits, list):
+            self.rate_limits = limits
+            log.debug("rate limits: %s", limits)
+
+    def on_error(self, event: dict[str, Any]) -> None:
+        error = _at(event, "error")
+        code = _at(error, "code")
+        code = code if isinstance(code, str) else None
+        message = _text(_at(error, "message"))
+        event_id = _text(_at(error, "event_id"))
+        in_flight = self.gate.in_flight
+        if in_flight is not None and event_id == in_flight.id:
+            # One of our response.create was refused: nothing of it runs. The gate re-queues it
+            # when a VAD answer only won the race, and goes on with the next request.
+            log.debug("OpenAI refused a response.create (%s): %s", code, message[:200])
+            self._send_request(self.gate.refused(event_id, code, self.clock()))
+            return
+        if code in HARMLESS_ERROR_CODES or "already shorter than" in message:
+            log.debug("OpenAI: %s", message[:200])
+        elif code in FATAL_ERROR_CODES or event_id == f"session-update-{self.number}":
+            raise ModelFailed(f"OpenAI refused the session ({code or 'error'})")
+        elif event_id.startswith("tools-update"):
+            log.warning("OpenAI refused the Data Action tools (%s); going on without them", code or "error")
+        else:
+            kind = code or _text(_at(error, "type")) or "error"
+            self.metrics.errors.labels(f"openai_{kind}"[:64]).inc()
+            if self.healthy:
+                log.warning("OpenAI error %s: %s", kind, message[:200])
+            else:
+                # A socket that fails before it proved healthy is one more attempt of an outage,
+                # whose one WARNING names its last error; one that goes on logs it then.
+                self.held_errors = [*self.held_errors[-4:], f"{kind}: {message[:200]}"]
+                log.debug("OpenAI error %s: %s", kind, message[:200])
+
+    def _log_held_errors(self) -> None:
+        if self.held_errors and self.healthy:
+            for error in self.held_errors:
+                log.warning("OpenAI error %s", error)
+            self.held_errors = []
+
+
+# -- the backend ---------------------------------------------------------------------------------
+
+Opener = Callable[[str, dict[str, str], float], Any]  # url, headers, timeout -> awaitable socket
+
+
+@dataclass
+class RealtimeBackend:
+    """OpenAI Realtime for one call: OpenAI itself (bearer key) or Azure OpenAI (`api-key`)."""
+
+    vendor: str
+    label: str
+    model: str
+    url: str
+    headers: dict[str, str]
+    approval: ApprovalPolicy
+    metrics: Metrics
+    clock: Callable[[], float]
+    opener: Opener | None = None
+    capabilities: ClassVar[Capabilities] = RealtimeSession.capabilities
+
+    async def connect(self, timeout: float) -> RealtimeSession:
+        url = realtime_url(self.url, self.model)
+        try:
+            if self.opener is not None:
+                socket = await self.opener(url, self.headers, timeout)
+            else:
+                socket = await ModelSocket.open(url, self.headers, timeout, vendor="OpenAI")
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403, 404):
+                raise ModelRefused(f"OpenAI refused the connection (HTTP {status})") from None
+            raise
+        return RealtimeSession(
+            socket, self.model, clock=self.clock, approval=self.approval, metrics=self.metrics
+        )

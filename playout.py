@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from model_backend import Utterance
+
 BYTES_PER_SECOND = 8000  # PCMU, 8 kHz, mono
 
 
 @dataclass
 class _Item:
-    response_id: str
-    item_id: str
+    utterance: Utterance
     queued: bytearray = field(default_factory=bytearray)
     # Playback intervals (start, seconds) of what was sent, in clock time.
     segments: list[tuple[float, float]] = field(default_factory=list)
@@ -34,10 +35,9 @@ class _Item:
 
 @dataclass(frozen=True)
 class Cut:
-    """One item a barge-in cut, and how much of it the caller heard (0: none of it)."""
+    """One utterance a barge-in cut, and how much of it the caller heard (0: none of it)."""
 
-    response_id: str
-    item_id: str
+    utterance: Utterance
     heard_ms: int
     sent_ms: int
 
@@ -65,15 +65,15 @@ class Playout:
     paused: bool = False  # Genesys paused the stream: nothing is sent until it resumes
     _items: deque[_Item] = field(default_factory=deque)
 
-    def add(self, response_id: str, item_id: str, audio: bytes, now: float) -> bool:
+    def add(self, utterance: Utterance, audio: bytes, now: float) -> bool:
         """Queue bot audio. False (nothing queued) when the per-call bound would be passed."""
         if self.queued_bytes + len(audio) > self.max_buffered_bytes:
             return False
         if not self.queued_bytes:
             self.queued_since = now
         item = self._items[-1] if self._items else None
-        if item is None or item.item_id != item_id or item.response_id != response_id:
-            item = _Item(response_id, item_id)
+        if item is None or item.utterance is not utterance:
+            item = _Item(utterance)
             self._items.append(item)
         item.queued += audio
         self.queued_bytes += len(audio)
@@ -138,8 +138,7 @@ class Playout:
         when nothing was playing or queued)."""
         cuts = tuple(
             Cut(
-                response_id=item.response_id,
-                item_id=item.item_id,
+                utterance=item.utterance,
                 heard_ms=int(item.played_seconds(now) * 1000),
                 sent_ms=item.sent_bytes * 1000 // BYTES_PER_SECOND,
             )
@@ -152,11 +151,11 @@ class Playout:
         self.playout_end = min(self.playout_end, now)
         return Interruption(cuts, dropped) if cuts else None
 
-    def item_end(self, response_id: str, item_id: str) -> float | None:
-        """When the caller will have heard the whole item: None while some of it is still
+    def item_end(self, utterance: Utterance) -> float | None:
+        """When the caller will have heard the whole utterance: None while some of it is still
         queued; 0 when the playout no longer knows it (played long ago, or cut)."""
         for item in self._items:
-            if item.item_id == item_id and item.response_id == response_id:
+            if item.utterance is utterance:
                 if item.queued:
                     return None
                 return item.segments[-1][0] + item.segments[-1][1] if item.segments else 0.0

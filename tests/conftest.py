@@ -157,6 +157,8 @@ CONNECTOR_MODULES = frozenset(
         "call_bridge",
         "call_control",
         "genesys_actions",
+        "model_backend",
+        "model_socket",
         "openai_client",
         "playout",
     }

@@ -218,8 +218,8 @@ async def test_the_openai_session_is_replaced_quietly_before_its_time_limit(brid
     app, sim = await bridged(script, sim_options={"session_seconds": 4.0})
     async with new_call(app) as call:
         await call.open()
-        for _ in range(3):
-            await call.stream(caller(("speak", 0.8), ("wait", 2.2)))
+        for _ in range(3):  # quiet at 3 s, when the recycle is due (3/4 of the 4 s lifetime)
+            await call.stream(caller(("speak", 0.8), ("wait", 2.7)))
         await call.close()
     assert len(sim.sessions) >= 2
     assert sim.sessions[0].close_code == 1000  # we closed it, before the 1001 limit

@@ -1,30 +1,39 @@
-"""The bridge's decisions, driven with plain event dicts (no sockets)."""
+"""The call core and the Realtime session's decisions, driven with plain event dicts: the session
+turns server events into the core's typed events, the core drives the session's commands, and a
+fake socket records the client events that would go out. No sockets, no event loop timing."""
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 from conftest import make_settings
 
-from call_bridge import CallBridge, CallFailed
+from call_bridge import CallBridge
+from metrics import Metrics
+from model_backend import ModelFailed, SessionStart, Utterance
+from openai_client import RealtimeBackend, RealtimeSession
 from playout import Cut, Interruption
 
 
 class FakeLink:
+    """The Genesys side: records what the core plays, reports and cuts."""
+
     def __init__(self) -> None:
-        self.played: list[tuple[str, str, bytes]] = []
+        self.played: list[tuple[Utterance, bytes]] = []
         self.cut: Interruption | None = None
         self.barge_ins = 0
         self.busy = False
         self.events: list[dict] = []
+        self.clock = 0.0
 
     def now(self) -> float:
-        return 0.0
+        return self.clock
 
-    def play(self, response_id, item_id, audio) -> bool:
-        self.played.append((response_id, item_id, audio))
+    def play(self, utterance, audio) -> bool:
+        self.played.append((utterance, audio))
         return True
 
     def barge_in(self):
@@ -40,27 +49,64 @@ class FakeLink:
     async def wait_played(self) -> None:
         return None
 
+    async def wait_item_played(self, utterance) -> None:
+        return None
+
     async def disconnect(self, reason, info=None, output_variables=None) -> None:
         return None
 
 
-class FakeConn:
+class FakeSocket:
+    """A model socket: what was sent, decoded."""
+
     def __init__(self) -> None:
         self.sent: list[dict] = []
 
-    def send(self, event) -> None:
-        self.sent.append(json.loads(event) if isinstance(event, str) else event)
+    def send(self, frame) -> None:
+        self.sent.append(json.loads(frame) if isinstance(frame, str) else frame)
+
+    def of(self, type_: str) -> list[dict]:
+        return [e for e in self.sent if e["type"] == type_]
+
+    async def close(self) -> None:
+        return None
+
+
+def attached(
+    settings=None, socket_number: int = 1, history=()
+) -> tuple[CallBridge, RealtimeSession, FakeSocket]:
+    """A core with a Realtime session attached to a fake socket, as after a connect."""
+    settings = settings or make_settings()
+    link = FakeLink()
+    backend = RealtimeBackend(
+        vendor="openai",
+        label="OpenAI",
+        model="gpt-realtime-2.1-mini",
+        url="ws://127.0.0.1:9/v1/realtime",
+        headers={},
+        approval=settings.mcp.approval,
+        metrics=Metrics(),
+        clock=link.now,
+    )
+    bridge = CallBridge(link, settings.call_config(None, {}), settings, backend=backend)
+    socket = FakeSocket()
+    session = RealtimeSession(
+        socket, backend.model, clock=link.now, approval=backend.approval, metrics=backend.metrics
+    )
+    session.begin(SessionStart(bridge.spec, socket_number, history=tuple(history)))
+    bridge.socket = socket_number - 1
+    bridge._attach(session)
+    session._events = bridge.on_event
+    session.handle(
+        {"type": "session.updated", "session": {"audio": {"output": {"format": {"type": "audio/pcmu"}}}}}
+    )
+    socket.sent.clear()
+    return bridge, session, socket
 
 
 @pytest.fixture
-def bridge():
-    settings = make_settings()
-    b = CallBridge(FakeLink(), settings.call_config(None, {}), settings)
-    b.conn = FakeConn()
-    b.ready = True
-    b.generation = 1
-    b.format_ok = True
-    return b
+def pair():
+    return attached()
 
 
 def delta(response_id: str, item_id: str, audio: bytes) -> dict:
@@ -78,54 +124,65 @@ def created(response_id: str, **extra) -> dict:
     return {"type": "response.created", "response": {"id": response_id, "conversation_id": "conv_1", **extra}}
 
 
-def test_caller_audio_goes_out_as_appends_or_waits_in_a_bounded_buffer(bridge):
+def speech_started() -> dict:
+    return {"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "item_u"}
+
+
+def test_caller_audio_goes_out_as_appends_or_waits_in_a_bounded_buffer(pair):
+    bridge, _session, socket = pair
     bridge.on_audio(b"\x01\x02")
-    assert bridge.conn.sent == [
+    assert socket.sent == [
         {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\x01\x02").decode()}
     ]
-    bridge.ready = False
+    bridge.session = None  # between sockets
     bridge.on_audio(b"\x03" * 50_000)
     bridge.on_audio(b"\x04" * 50_000)
     assert len(bridge._pending_audio) == 80_000 and bridge._pending_audio[-1] == 4
 
 
-def test_audio_deltas_are_played_tagged_with_their_response_and_item(bridge):
-    bridge.handle(created("resp_1"))
-    bridge.handle(delta("resp_1", "item_1", b"\x05" * 800))
-    assert bridge.link.played == [("resp_1", "item_1", b"\x05" * 800)]
+def test_audio_deltas_are_played_tagged_with_their_utterance(pair):
+    bridge, session, _socket = pair
+    session.handle(created("resp_1"))
+    session.handle(delta("resp_1", "item_1", b"\x05" * 800))
+    ((utterance, audio),) = bridge.link.played
+    assert utterance.key == "item_1" and audio == b"\x05" * 800 and utterance.received_bytes == 800
 
 
-def test_barge_in_truncates_at_heard_clamped_to_received_and_drops_late_deltas(bridge):
-    bridge.handle(created("resp_1"))
-    bridge.handle(delta("resp_1", "item_1", b"\x05" * 8000))  # 1000 ms received
-    bridge.link.cut = Interruption((Cut("resp_1", "item_1", heard_ms=1400, sent_ms=1000),), 0)
-    bridge.handle({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "item_u"})
-    assert bridge.conn.sent[-1] == {
+def test_barge_in_truncates_at_heard_clamped_to_received_and_drops_late_deltas(pair):
+    bridge, session, socket = pair
+    session.handle(created("resp_1"))
+    session.handle(delta("resp_1", "item_1", b"\x05" * 8000))  # 1000 ms received
+    utterance = bridge.link.played[0][0]
+    bridge.link.cut = Interruption((Cut(utterance, heard_ms=1400, sent_ms=1000),), 0)
+    session.handle(speech_started())
+    assert socket.sent[-1] == {
         "type": "conversation.item.truncate",
         "item_id": "item_1",
         "content_index": 0,
         "audio_end_ms": 1000,
     }
-    bridge.handle(delta("resp_1", "item_1", b"\x06" * 800))
+    session.handle(delta("resp_1", "item_1", b"\x06" * 800))
     assert len(bridge.link.played) == 1
-    assert not any(e["type"] in ("response.cancel", "response.create") for e in bridge.conn.sent)
+    assert not socket.of("response.cancel") and not socket.of("response.create")
 
 
-def test_speech_while_silent_sends_no_truncate(bridge):
-    bridge.handle({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "item_u"})
-    assert bridge.link.barge_ins == 1 and bridge.conn.sent == []
+def test_speech_while_silent_sends_no_truncate(pair):
+    bridge, session, socket = pair
+    session.handle(speech_started())
+    assert bridge.link.barge_ins == 1 and socket.sent == []
 
 
-def test_items_of_a_replaced_session_are_not_truncated(bridge):
-    bridge.handle(created("resp_1"))
-    bridge.handle(delta("resp_1", "item_old", b"\x05" * 800))
-    bridge.generation = 2  # the socket was replaced; the pacer still plays the old audio
-    bridge.link.cut = Interruption((Cut("resp_1", "item_old", heard_ms=50, sent_ms=100),), 0)
-    bridge.handle({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "u"})
-    assert bridge.conn.sent == []
+def test_items_of_a_replaced_session_are_not_truncated(pair):
+    bridge, session, socket = pair
+    old = Utterance("item_old", socket=0)  # the pacer still plays audio of the socket before
+    old.received_bytes = 800
+    bridge.link.cut = Interruption((Cut(old, heard_ms=50, sent_ms=100),), 0)
+    session.handle(speech_started())
+    assert socket.sent == [] and old.stale and old.heard_ms == 50
 
 
-def test_usage_is_summed_over_every_response_done_including_cancelled_and_out_of_band(bridge):
+def test_usage_is_summed_over_every_response_done_including_cancelled_and_out_of_band(pair):
+    bridge, session, _socket = pair
     usage = {
         "input_token_details": {
             "text_tokens": 10,
@@ -134,31 +191,32 @@ def test_usage_is_summed_over_every_response_done_including_cancelled_and_out_of
         },
         "output_token_details": {"text_tokens": 2, "audio_tokens": 20},
     }
-    bridge.handle(created("resp_1"))
-    bridge.handle(
+    session.handle(created("resp_1"))
+    session.handle(
         {"type": "response.done", "response": {"id": "resp_1", "status": "cancelled", "usage": usage}}
     )
-    bridge.handle(
+    session.handle(
         {
             "type": "response.created",
             "response": {"id": "resp_2", "conversation_id": None, "metadata": {"purpose": "summary"}},
         }
     )
-    bridge.handle(
+    session.handle(
         {"type": "response.done", "response": {"id": "resp_2", "status": "completed", "usage": usage}}
     )
-    assert (
-        bridge.usage.input_text == 20
-        and bridge.usage.output_audio == 40
-        and bridge.usage.input_cached_audio == 2
+    assert (bridge.usage.input_text, bridge.usage.output_audio, bridge.usage.input_cached_audio) == (
+        20,
+        40,
+        2,
     )
 
 
-def test_a_greeting_refused_because_a_vad_answer_won_the_race_is_sent_after_it(bridge):
-    bridge._request("greeting", "x")
-    (greeting,) = [e for e in bridge.conn.sent if e["type"] == "response.create"]
-    bridge.handle(created("resp_vad"))  # the server's own: it carries no request id
-    bridge.handle(
+def test_a_greeting_refused_because_a_vad_answer_won_the_race_is_sent_after_it(pair):
+    _bridge, session, socket = pair
+    session.say("greeting", "x")
+    (greeting,) = socket.of("response.create")
+    session.handle(created("resp_vad"))  # the server's own: it carries no request id
+    session.handle(
         {
             "type": "error",
             "error": {
@@ -169,35 +227,34 @@ def test_a_greeting_refused_because_a_vad_answer_won_the_race_is_sent_after_it(b
             },
         }
     )
-    bridge.conn.sent.clear()
-    bridge.handle({"type": "response.done", "response": {"id": "resp_vad", "status": "completed"}})
-    assert bridge.conn.sent == [greeting]
+    socket.sent.clear()
+    session.handle({"type": "response.done", "response": {"id": "resp_vad", "status": "completed"}})
+    assert socket.sent == [greeting]
 
 
-def test_echoes_of_restored_items_never_evict_real_turns(bridge):
+def test_echoes_of_restored_items_never_evict_real_turns():
+    bridge, session, _socket = attached()
     for n in range(120):
         item = {"id": f"item_u{n}", "type": "message", "role": "user", "content": []}
-        bridge.handle({"type": "conversation.item.added", "item": item})
-        bridge.handle(
+        session.handle({"type": "conversation.item.added", "item": item})
+        session.handle(
             {
                 "type": "conversation.item.input_audio_transcription.completed",
                 "item_id": f"item_u{n}",
                 "transcript": f"turn {n}",
             }
         )
-
-    def restore() -> list[dict]:
-        bridge.conn = None
-        conn = FakeConn()
-        bridge._attach(conn)
-        return [e["item"] for e in conn.sent if e["type"] == "conversation.item.create"]
-
-    first = restore()
-    for item in first:  # the new socket echoes every restored item
-        bridge.handle({"type": "conversation.item.added", "item": item})
-    second = restore()
-    assert [i["content"][0]["text"] for i in second] == [f"turn {n}" for n in range(120)]
-    assert all(len(i["id"]) <= 32 for i in first + second)
+    first = FakeSocket()
+    restored = RealtimeSession(
+        first, "m", clock=bridge.link.now, approval=session.approval, metrics=session.metrics
+    )
+    restored._events = bridge.on_event
+    restored.begin(SessionStart(bridge.spec, 2, history=tuple(bridge.transcript.turns())))
+    items = [e["item"] for e in first.of("conversation.item.create")]
+    for item in items:  # the new socket echoes every restored item
+        restored.handle({"type": "conversation.item.added", "item": item})
+    assert [t for _, t in bridge.transcript.turns()] == [f"turn {n}" for n in range(120)]
+    assert all(len(i["id"]) <= 32 for i in items)
 
 
 @pytest.mark.parametrize(
@@ -210,48 +267,75 @@ def test_echoes_of_restored_items_never_evict_real_turns(bridge):
         created("resp_1", audio={"output": {"format": {"type": "audio/pcma"}}}),
         {
             "type": "error",
-            "error": {"type": "invalid_request_error", "code": "beta_api_shape_disabled", "message": "..."},
+            "error": {"type": "invalid_request_error", "code": "beta_api_shape_disabled", "message": "."},
+        },
+        {
+            "type": "error",
+            "error": {"type": "invalid_request_error", "code": "insufficient_quota", "message": "."},
         },
         {
             "type": "error",
             "error": {
                 "type": "invalid_request_error",
                 "code": "invalid_value",
-                "message": "...",
+                "message": ".",
                 "event_id": "session-update-1",
             },
         },
     ],
 )
-def test_fatal_conditions_end_the_call(bridge, event):
-    with pytest.raises(CallFailed):
-        bridge.handle(event)
+def test_fatal_conditions_end_the_call(pair, event):
+    _bridge, session, _socket = pair
+    with pytest.raises(ModelFailed):
+        session.handle(event)
 
 
-def test_audio_before_the_format_is_confirmed_is_refused(bridge):
-    bridge.format_ok = False
-    with pytest.raises(CallFailed):
-        bridge.handle(delta("resp_1", "item_1", b"\x01"))
+def test_audio_before_the_format_is_confirmed_is_refused(pair):
+    bridge, session, _socket = pair
+    session.format_ok = False
+    with pytest.raises(ModelFailed):
+        session.handle(delta("resp_1", "item_1", b"\x01"))
     assert bridge.link.played == []
 
 
-def test_non_fatal_errors_do_not_raise(bridge):
+def test_non_fatal_errors_do_not_raise(pair):
+    _bridge, session, _socket = pair
     for code, message in [
         ("response_cancel_not_active", "x"),
         (None, "Audio content of 1ms is already shorter than 2ms"),
         ("server_error", "oops"),
+        ("invalid_value", "a refused tools update"),
     ]:
-        bridge.handle({"type": "error", "error": {"type": "server_error", "code": code, "message": message}})
+        event_id = "tools-update-1" if code == "invalid_value" else None
+        session.handle(
+            {
+                "type": "error",
+                "error": {"type": "server_error", "code": code, "message": message, "event_id": event_id},
+            }
+        )
 
 
-def test_rate_limits_are_recorded(bridge):
+def test_rate_limits_are_recorded(pair):
+    _bridge, session, _socket = pair
     limits = [{"name": "tokens", "limit": 100, "remaining": 50, "reset_seconds": 1.0}]
-    bridge.handle({"type": "rate_limits.updated", "rate_limits": limits})
-    assert bridge.rate_limits == limits
+    session.handle({"type": "rate_limits.updated", "rate_limits": limits})
+    assert session.rate_limits == limits
 
 
-def test_session_created_schedules_a_recycle_before_expiry(bridge):
-    import time
+def test_the_recycle_comes_before_expiry_by_the_session_s_own_stamps(pair):
+    _bridge, session, _socket = pair
+    session.handle({"type": "session.created", "session": {"expires_at": int(time.time()) + 3600}})
+    assert session.recycle_at == 3600 - 120  # no created_at: the documented lifetime
+    session.handle({"type": "session.created", "session": {"created_at": 10, "expires_at": 410}})
+    assert session.recycle_at == 400 - 100  # a quarter of a short lifetime
 
-    bridge.handle({"type": "session.created", "session": {"expires_at": int(time.time()) + 3600}})
-    assert 3600 - 121 <= bridge._recycle_at - bridge.link.now() <= 3600 - 119
+
+def test_every_id_the_session_creates_is_at_most_32_characters():
+    _bridge, session, socket = attached(socket_number=123456)
+    session.note("x")
+    session.user_input("1 2 3")
+    session.say("filler", "y")
+    ids = [e.get("event_id") for e in socket.sent] + [
+        e["item"].get("id") for e in socket.of("conversation.item.create")
+    ]
+    assert ids and all(len(i) <= 32 for i in ids if i)

@@ -18,10 +18,10 @@ from call_control import (
     parse_arguments,
     summary_json,
 )
-from openai_client import Usage
+from model_backend import Usage
 from simulators.realtime_simulator import RealtimeValidator
 
-ELEVEN = {
+ALL_FOURTEEN = {
     "CONVERSATION_SUMMARY",
     "CONVERSATION_DURATION",
     "TOTAL_INPUT_TEXT_TOKENS",
@@ -33,11 +33,18 @@ ELEVEN = {
     "ESCALATION_REQUIRED",
     "ESCALATION_REASON",
     "COMPLETION_SUMMARY",
+    "TOTAL_BILLED_SECONDS",
+    "AI_VENDOR",
+    "AI_MODEL",
 }
 
 
 def test_tool_definitions_are_valid_realtime_tools():
-    event = {"type": "session.update", "session": {"type": "realtime", "tools": list(CALL_CONTROL_TOOLS)}}
+    tools = [
+        {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
+        for t in CALL_CONTROL_TOOLS
+    ]
+    event = {"type": "session.update", "session": {"type": "realtime", "tools": tools}}
     assert RealtimeValidator().problems(event) == []
 
 
@@ -57,7 +64,7 @@ def test_parse_arguments(raw, expected):
     assert parse_arguments(raw) == expected
 
 
-def test_output_variables_are_all_eleven_strings_on_every_path():
+def test_output_variables_are_all_fourteen_strings_on_every_path():
     usage = Usage(input_text=5, output_audio=7)
     for variables in (
         output_variables(
@@ -69,7 +76,7 @@ def test_output_variables_are_all_eleven_strings_on_every_path():
         output_variables(usage=usage, duration=3, outcome=None, summary=None, failure="OpenAI unreachable"),
         empty_output_variables(),
     ):
-        assert set(variables) == ELEVEN
+        assert set(variables) == ALL_FOURTEEN
         assert all(isinstance(v, str) for v in variables.values())
         assert isinstance(json.loads(variables["CONVERSATION_SUMMARY"]), dict)
     success = output_variables(

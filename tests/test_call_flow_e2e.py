@@ -69,7 +69,7 @@ async def test_success_path_plays_the_farewell_to_the_end_then_disconnects_with_
     params = disconnect["parameters"]
     assert params["reason"] == "completed"
     variables = params["outputVariables"]
-    assert len(variables) == 11 and all(isinstance(v, str) for v in variables.values())
+    assert len(variables) == 14 and all(isinstance(v, str) for v in variables.values())
     totals = sim.usage_totals()
     for name, key in TOKEN_VARIABLES.items():
         assert variables[name] == str(totals[key]), name
@@ -239,8 +239,8 @@ async def test_keyed_digits_reach_the_model_on_pound_and_after_a_pause(bridged):
         if e["item"].get("role") == "user"
     ]
     assert texts == [
-        "The caller entered these digits on the phone keypad: 1234",
-        "The caller entered these digits on the phone keypad: 98",
+        "The caller entered 1 2 3 4 on the keypad.",
+        "The caller entered 9 8 on the keypad.",
     ]
     assert len(sim.events_of("response.create")) == 2
     assert len(call.record.bot_audio) == 2 * 4000

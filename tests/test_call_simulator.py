@@ -20,6 +20,7 @@ import pytest
 from conftest import API_KEY, ROOT, RecordingHandler, recording_factory, ws_url
 from websockets.asyncio.server import ServerConnection, serve
 
+from model_backend import Utterance
 from simulators.audio import read_wav, speech_like, write_wav
 from simulators.call_simulator import (
     CallRecord,
@@ -501,9 +502,9 @@ async def test_progress_lines_appear_when_stdout_is_not_a_terminal(start_app):
 def talks_twice(gap: float):
     async def script(handler: RecordingHandler) -> None:
         await asyncio.sleep(0.2)
-        handler.session.play("resp_1", "item_1", speech_like(0.4, seed=3))
+        handler.session.play(Utterance("item_1"), speech_like(0.4, seed=3))
         await asyncio.sleep(gap)
-        handler.session.play("resp_2", "item_2", speech_like(0.4, seed=4))
+        handler.session.play(Utterance("item_2"), speech_like(0.4, seed=4))
 
     return recording_factory(script)
 

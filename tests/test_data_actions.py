@@ -199,9 +199,9 @@ async def test_tools_are_built_from_the_schemas_and_schemas_are_cached(genesys_a
     assert names[0] == "genesys_data_action_get_account" and names[1].startswith(
         "genesys_data_action_get_account_"
     )
-    first = tools.tools[names[0]].definition()
-    assert first["description"] == "Find an account Returns: customer, status."
-    assert first["parameters"]["required"] == ["accountNumber"] and "$schema" not in first["parameters"]
+    first = tools.specs[0]
+    assert first.name == names[0] and first.description == "Find an account Returns: customer, status."
+    assert first.parameters["required"] == ["accountNumber"] and "$schema" not in first.parameters
     assert tools.tools[names[1]].description == "Second"
     messages = [r.getMessage() for r in caplog.records]
     assert any("blocked is not in GENESYS_ALLOWED_DATA_ACTION_IDS" in m for m in messages)

@@ -218,7 +218,7 @@ async def test_openai_drops_during_the_farewell_and_the_call_still_ends_complete
         streaming.cancel()
     assert disconnect["parameters"]["reason"] == "completed"
     variables = disconnect["parameters"]["outputVariables"]
-    assert variables["COMPLETION_SUMMARY"] == "done" and len(variables) == 11
+    assert variables["COMPLETION_SUMMARY"] == "done" and len(variables) == 14
     assert call.record.violations == [] and sim.violations == []
     await base.check()
 

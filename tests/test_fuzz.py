@@ -23,11 +23,11 @@ import pytest
 from conftest import API_KEY, make_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_bridge_unit import FakeConn, FakeLink
+from test_bridge_unit import attached
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from call_bridge import CallBridge, CallFailed
+from model_backend import ModelFailed
 from oai_middleware import App
 from simulators.audio import silence, speech_like
 from simulators.call_simulator import GenesysCall
@@ -413,21 +413,16 @@ _event = st.one_of(
 @given(st.lists(_event, min_size=1, max_size=25))
 def test_random_and_mutated_realtime_events_never_break_the_bridge(events):
     async def feed():
-        link = FakeLink()
-        s = make_settings(ENABLE_MCP_TOOLS="false")
-        bridge = CallBridge(link, s.call_config(None, {}), s)
-        bridge.conn = FakeConn()
-        bridge.ready = bridge.format_ok = True
-        bridge.generation = 1
+        bridge, session, _socket = attached(make_settings(ENABLE_MCP_TOOLS="false"))
         for event in events:
             try:
-                bridge.handle(event)
-            except CallFailed:
+                session.handle(event)
+            except ModelFailed:
                 pass
         # The bridge still works: audio flows and variables are well formed.
         bridge.on_audio(b"\xff" * 160)
         variables = bridge.output_variables()
-        assert len(variables) == 11 and all(isinstance(v, str) for v in variables.values())
+        assert len(variables) == 14 and all(isinstance(v, str) for v in variables.values())
         json.loads(variables["CONVERSATION_SUMMARY"])
 
     asyncio.run(feed())

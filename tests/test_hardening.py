@@ -361,9 +361,15 @@ async def test_tools_ready_after_the_ending_began_keep_turns_locked(bridged, gen
         await call.wait_disconnect(15)
         streaming.cancel()
     updates = sim.events_of("session.update")
-    locked = next(i for i, e in enumerate(updates) if e.get("event_id", "").startswith("lock"))
+
+    def turn_detection(update: dict) -> dict | None:
+        return (update["session"].get("audio") or {}).get("input", {}).get("turn_detection")
+
+    locked = next(
+        i for i, e in enumerate(updates) if (turn_detection(e) or {}).get("create_response") is False
+    )
     for later in updates[locked + 1 :]:
-        td = (later["session"].get("audio") or {}).get("input", {}).get("turn_detection")
+        td = turn_detection(later)
         assert td is None or td.get("create_response") is False
     assert call.record.disconnect["parameters"]["reason"] == "completed"
 

@@ -7,17 +7,17 @@ import json
 
 import pytest
 
+from model_backend import Transcript, Usage, Utterance
 from openai_client import (
     RealtimeConfig,
     Request,
     ResponseGate,
-    Transcript,
-    Usage,
     append_audio,
+    assistant_text,
     function_output,
-    history_events,
     lock_turns,
     realtime_url,
+    realtime_usage,
     response_cancel,
     response_create,
     session_update,
@@ -161,18 +161,20 @@ def test_realtime_url_sets_the_model_query():
 def test_usage_sums_every_field_and_tolerates_missing_ones():
     usage = Usage()
     usage.add(
-        {
-            "input_token_details": {
-                "text_tokens": 119,
-                "audio_tokens": 13,
-                "cached_tokens_details": {"text_tokens": 64, "audio_tokens": 0},
-            },
-            "output_token_details": {"text_tokens": 30, "audio_tokens": 91},
-        }
+        realtime_usage(
+            {
+                "input_token_details": {
+                    "text_tokens": 119,
+                    "audio_tokens": 13,
+                    "cached_tokens_details": {"text_tokens": 64, "audio_tokens": 0},
+                },
+                "output_token_details": {"text_tokens": 30, "audio_tokens": 91},
+            }
+        )
     )
-    usage.add({"input_token_details": {"text_tokens": 1}})
-    usage.add(None)
-    usage.add({"output_token_details": {"audio_tokens": "7"}})
+    usage.add(realtime_usage({"input_token_details": {"text_tokens": 1}}))
+    usage.add(realtime_usage(None))
+    usage.add(realtime_usage({"output_token_details": {"audio_tokens": "7"}}))
     assert usage.as_variables() == {
         "TOTAL_INPUT_TEXT_TOKENS": "120",
         "TOTAL_INPUT_CACHED_TEXT_TOKENS": "64",
@@ -180,6 +182,7 @@ def test_usage_sums_every_field_and_tolerates_missing_ones():
         "TOTAL_INPUT_CACHED_AUDIO_TOKENS": "0",
         "TOTAL_OUTPUT_TEXT_TOKENS": "30",
         "TOTAL_OUTPUT_AUDIO_TOKENS": "91",
+        "TOTAL_BILLED_SECONDS": "0",
     }
 
 
@@ -246,18 +249,16 @@ def test_gate_gives_up_a_request_never_answered():
     assert gate.reset() is True and not gate.busy
 
 
-def test_transcript_keeps_conversation_order_and_cuts_unheard_text():
+def test_transcript_keeps_conversation_order_and_what_was_heard():
     t = Transcript()
-    t.add_item("u1", "user")
-    t.add_item("a1", "assistant")
-    t.set_text("a1", "assistant", "one two three four")
-    t.set_text("u1", "user", "hello")  # transcription arrives after the answer
-    t.cut("a1", 0.5)
+    t.caller("u1")
+    answer = Utterance("a1")
+    t.bot(answer)
+    answer.text, answer.received_bytes = "one two three four", 8000
+    t.caller("u1", "hello")  # transcription arrives after the answer
+    answer.heard_ms = 500  # a barge-in: the caller heard half of it
     assert t.turns() == [("user", "hello"), ("assistant", "one two")]
     assert t.as_text() == "Caller: hello\nAssistant: one two"
-    ids = iter(["cx2h1", "cx2h2"])
-    events = history_events(t, lambda: next(ids))
+    events = [user_text("hello", "cx2h1"), assistant_text("one two", "cx2h2")]
     for e in events:
         valid(e)
-    assert [e["item"]["role"] for e in events] == ["user", "assistant"]
-    assert [e["item"]["id"] for e in events] == ["cx2h1", "cx2h2"]

@@ -125,7 +125,7 @@ async def test_sigterm_drains_then_ends_calls_with_a_disconnect_and_exits_0(real
     params = disconnect["parameters"]
     assert params["reason"] == "error" and params["info"] == "server shutting down"
     variables = params["outputVariables"]
-    assert len(variables) == 11 and variables["ESCALATION_REQUIRED"] == "true"
+    assert len(variables) == 14 and variables["ESCALATION_REQUIRED"] == "true"
     assert call.record.closed_at is not None and call.record.violations == []
     assert code == 0, stderr
     assert "draining: 1 calls in progress" in stderr and "Traceback" not in stderr

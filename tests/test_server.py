@@ -24,6 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 import audiohook_server
+from model_backend import Utterance
 from simulators.audio import speech_like
 from simulators.call_simulator import STEREO, GenesysCall
 
@@ -165,7 +166,7 @@ async def test_bot_audio_is_paced_byte_exact_in_frames_under_64000_bytes(start_a
     audio = speech_like(2.0, seed=5)
 
     async def speak(handler):
-        handler.session.play("resp_1", "item_1", audio)
+        handler.session.play(Utterance("item_1"), audio)
 
     app = await start_app(handler_factory=recording_factory(speak))
     async with call(app) as sim:
@@ -205,13 +206,13 @@ async def test_disconnect_runs_the_close_transaction(start_app):
     assert sim.record.violations == []
 
 
-async def test_protocol_errors_before_any_call_still_carry_all_eleven_output_variables(start_app):
+async def test_protocol_errors_before_any_call_still_carry_all_fourteen_output_variables(start_app):
     app = await start_app()
     async with call(app) as sim:
         await sim.send_raw("{oops")
         disconnect = await sim.wait_disconnect(5)
     variables = disconnect["parameters"]["outputVariables"]
-    assert len(variables) == 11 and all(isinstance(v, str) for v in variables.values())
+    assert len(variables) == 14 and all(isinstance(v, str) for v in variables.values())
     assert variables["ESCALATION_REQUIRED"] == "true"
     assert variables["ESCALATION_REASON"] == "technical problem: protocol error: malformed JSON"
 
@@ -219,7 +220,7 @@ async def test_protocol_errors_before_any_call_still_carry_all_eleven_output_var
 async def test_genesys_429_holds_bot_audio_for_retry_after_and_pings_still_answered(start_app):
     async def speak_later(handler):
         await asyncio.sleep(0.2)
-        handler.session.play("resp_1", "item_1", speech_like(1.0))
+        handler.session.play(Utterance("item_1"), speech_like(1.0))
 
     app = await start_app(handler_factory=recording_factory(speak_later))
     async with call(app) as sim:
