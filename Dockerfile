@@ -9,9 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY requirements.txt .
-# uvloop is optional (EVENT_LOOP=auto picks it up): at 500 calls it gave the lower tail latency
-# in docs/performance.md.
-RUN pip install -r requirements.txt "uvloop>=0.19,<1"
+# uvloop comes with requirements.txt on Linux (EVENT_LOOP=auto picks it up).
+RUN pip install -r requirements.txt
 
 COPY *.py ./
 RUN useradd --system --uid 10001 --no-create-home connector

@@ -330,7 +330,7 @@ class CallBridge:
             if healthy and budget.in_outage:
                 log.info("%s session restored after %d failed attempts", self.label, budget.healthy())
             if end is SessionEnd.RECYCLED:
-                log.info("replacing the %s session before it expires", self.label)
+                log.info("moving to a new %s session at a quiet moment", self.label)
                 continue
             if not healthy:
                 self.metrics.openai_attempts.labels("failed_early").inc()
@@ -380,11 +380,10 @@ class CallBridge:
             session.send_audio(chunk)
             self._keep_recent(chunk)
         log.info(
-            "%s session %s (model %s, voice %s)",
+            "%s session %s (model %s)",
             self.label,
             "restored" if self.socket > 1 else "started",
             self.backend.model,
-            self.call.voice,
         )
 
     def _on_ready(self) -> None:

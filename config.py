@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
+import difflib
 import json
 import logging
 import os
@@ -34,9 +36,38 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 MIN_PER_KEY_SECRET_BYTES = 16
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+GEMINI_LIVE_URL = (
+    "wss://generativelanguage.googleapis.com/ws/"
+    "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+)
 
 
-VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")  # Realtime
+LIVE_VOICES = (  # GPT-Live's built-in voices (openai.types.live BuiltInVoice)
+    "alloy", "ash", "ballad", "beacon", "bossa", "cedar", "cinder", "coral", "delta", "echo", "gleam",
+    "marin", "meridian", "quartz", "ripple", "sage", "shida", "shimmer", "stone", "tempo", "verse",
+    "vesper", "willow",
+)  # fmt: skip
+GEMINI_VOICES = (
+    "Zephyr", "Puck", "Charon", "Kore", "Fenrir", "Leda", "Orus", "Aoede", "Callirrhoe", "Autonoe",
+    "Enceladus", "Iapetus", "Umbriel", "Algieba", "Despina", "Erinome", "Algenib", "Rasalgethi",
+    "Laomedeia", "Achernar", "Alnilam", "Schedar", "Gacrux", "Pulcherrima", "Achird", "Zubenelgenubi",
+    "Vindemiatrix", "Sadachbia", "Sadaltager", "Sulafat",
+)  # fmt: skip
+VENDORS = ("openai", "azure", "gemini")
+OPENAI_APIS = ("realtime", "live", "auto")
+DEFAULT_MODEL = "gpt-realtime-2.1-mini"
+DEFAULT_LIVE_MODEL = "gpt-live-1"
+DEFAULT_VOICE = "sage"  # in Realtime and GPT-Live alike
+DEFAULT_GEMINI_VOICE = "Kore"
+# Announced shutdowns (openai 3.54.0 docstring; openai-realtime.md §1): model -> (date, replacement).
+MODEL_SHUTDOWNS: dict[str, tuple[datetime.date, str]] = {
+    "gpt-realtime": (datetime.date(2027, 1, 20), "gpt-realtime-2.1"),
+    "gpt-realtime-2025-08-28": (datetime.date(2027, 1, 20), "gpt-realtime-2.1"),
+    "gpt-realtime-mini": (datetime.date(2027, 1, 20), "gpt-realtime-2.1-mini"),
+    "gpt-realtime-mini-2025-10-06": (datetime.date(2027, 1, 20), "gpt-realtime-2.1-mini"),
+    "gpt-realtime-mini-2025-12-15": (datetime.date(2027, 1, 20), "gpt-realtime-2.1-mini"),
+}
 
 
 class ConfigError(Exception):
@@ -51,19 +82,37 @@ def _text(value: str) -> str:
 
 
 def _voice(value: str) -> str:
-    if value not in VOICES:
-        raise ValueError(f"one of {', '.join(VOICES)}")
+    # Which list applies depends on the API the call uses: checked again once that is known.
+    if value not in VOICES and value not in LIVE_VOICES:
+        raise ValueError(f"one of {', '.join(sorted(set(VOICES) | set(LIVE_VOICES)))}")
     return value
 
 
 _REALTIME_MODEL = re.compile(r"^gpt-[a-z0-9.-]*realtime[a-z0-9.-]*$")
+_LIVE_MODEL = re.compile(r"^gpt-live[a-z0-9.-]*$")
 
 
-def _model(value: str) -> str:
-    # Model names stay configuration strings; this only keeps typos out of per-call overrides.
-    if not _REALTIME_MODEL.match(value):
-        raise ValueError("a Realtime model name such as gpt-realtime-2.1-mini")
-    return value
+@dataclass(frozen=True)
+class ModelGuard:
+    """The deprecation guard: before a model's announced shutdown a warning, from that day on
+    its replacement (unless migration is off). `today` is injected so tests can stand on both
+    sides of the date."""
+
+    today: datetime.date
+    migrate: bool = True
+
+    def check(self, model: str) -> tuple[str, str | None]:
+        """(the model to dial, a warning to log or None)."""
+        known = MODEL_SHUTDOWNS.get(model)
+        if known is None:
+            return model, None
+        shutdown, replacement = known
+        when = shutdown.isoformat()
+        if self.today < shutdown:
+            return model, f"OpenAI shuts {model} down on {when}; its replacement is {replacement}"
+        if not self.migrate:
+            return model, f"{model} was shut down on {when} and MODEL_MIGRATION is off: dialling it anyway"
+        return replacement, f"{model} was shut down on {when}; using {replacement} instead"
 
 
 def _max_output_tokens(value: str) -> int | str:
@@ -144,8 +193,16 @@ class CallKey:
 
 CALL_KEYS: tuple[CallKey, ...] = (
     CallKey("OPENAI_SYSTEM_PROMPT", "system_prompt", DEFAULT_SYSTEM_PROMPT, _text),
-    CallKey("OPENAI_VOICE", "voice", "sage", _voice),
-    CallKey("OPENAI_MODEL", "model", "gpt-realtime-mini", _text, input_parse=_model),
+    CallKey("AI_VENDOR", "vendor", "openai", _choice(*VENDORS)),
+    CallKey("OPENAI_API", "api", "auto", _choice(*OPENAI_APIS)),
+    CallKey("OPENAI_VOICE", "voice", DEFAULT_VOICE, _voice),
+    CallKey("OPENAI_MODEL", "model", None, _text),
+    CallKey("GEMINI_MODEL", "gemini_model", "gemini-3.8-live", _text),
+    CallKey("GEMINI_VOICE", "gemini_voice", DEFAULT_GEMINI_VOICE, _text),
+    CallKey("GEMINI_VAD_START_SENSITIVITY", "gemini_vad_start", "low", _choice("low", "high")),
+    CallKey("GEMINI_VAD_END_SENSITIVITY", "gemini_vad_end", "high", _choice("low", "high")),
+    CallKey("GEMINI_VAD_PREFIX_PADDING_MS", "gemini_vad_prefix_padding_ms", 20, _integer(0, 10_000)),
+    CallKey("GEMINI_VAD_SILENCE_MS", "gemini_vad_silence_ms", 500, _integer(0, 10_000)),
     CallKey("OPENAI_MAX_OUTPUT_TOKENS", "max_output_tokens", "inf", _max_output_tokens),
     CallKey("LANGUAGE", "language", None, _optional_text),
     CallKey("CUSTOMER_DATA", "customer_data", None, _optional_text),
@@ -175,12 +232,21 @@ CALL_KEYS: tuple[CallKey, ...] = (
     ),
 )
 CALL_KEY_NAMES = frozenset(k.name for k in CALL_KEYS)
-# Marked deprecated by OpenAI (openai 3.54.0 docstring: shutdown announced for 2027-01-20).
-DEPRECATED_MODELS = frozenset(
-    {"gpt-realtime", "gpt-realtime-2025-08-28", "gpt-realtime-mini", "gpt-realtime-mini-2025-12-15"}
-)
+SETTING_NAMES = {k.attr: k.name for k in CALL_KEYS} | {"mcp_tools": "MCP_TOOLS"}  # attr -> name
 # Accepted from Architect for compatibility, and ignored: the GA Realtime API has no temperature.
 IGNORED_INPUT_VARIABLES = frozenset({"OPENAI_TEMPERATURE"})
+# Settings GPT-Live has no place for: accepted and ignored (one line per call).
+NOT_IN_LIVE = (
+    "OPENAI_TURN_DETECTION",
+    "OPENAI_VAD_THRESHOLD",
+    "OPENAI_VAD_SILENCE_MS",
+    "OPENAI_VAD_PREFIX_PADDING_MS",
+    "OPENAI_VAD_EAGERNESS",
+    "OPENAI_TRANSCRIPTION_MODEL",
+    "OPENAI_NOISE_REDUCTION",
+    "OPENAI_MAX_OUTPUT_TOKENS",
+    "OPENAI_TEMPERATURE",
+)
 
 
 @dataclass(frozen=True)
@@ -188,8 +254,16 @@ class CallConfig:
     """One call's settings, resolved once at `open`."""
 
     system_prompt: str
+    vendor: str  # openai, azure, gemini
+    api: str  # realtime or live (OpenAI and Azure); "auto" resolved
     voice: str
-    model: str
+    model: str  # the OpenAI model or Azure deployment actually dialled (after any migration)
+    gemini_model: str
+    gemini_voice: str
+    gemini_vad_start: str
+    gemini_vad_end: str
+    gemini_vad_prefix_padding_ms: int
+    gemini_vad_silence_ms: int
     max_output_tokens: int | str
     language: str | None
     customer_data: str | None
@@ -232,7 +306,7 @@ def _call_layer(source: Mapping[str, Any], where: str) -> dict[str, Any]:
         try:
             values[key.attr] = _read_call_value(key, raw)
         except ValueError as exc:
-            raise ConfigError(f"{where}{key.name} must be {exc}") from None
+            raise ConfigError(f"{where}{key.name} must be {exc} (got {raw!r})") from None
     return values
 
 
@@ -242,13 +316,19 @@ def resolve_call_config(
     input_variables: Mapping[str, str],
     connector_id: str | None = None,
     flow_language: str | None = None,
+    *,
+    vendors: frozenset[str] = frozenset(VENDORS),
+    guard: ModelGuard | None = None,
 ) -> CallConfig:
     """Input variable > profile > environment (`defaults`) > built-in default; the flow's
-    language (`open.parameters.language`) when no layer sets `LANGUAGE`."""
+    language (`open.parameters.language`) when no layer sets `LANGUAGE`. `vendors` are those
+    with credentials: an input variable naming another gets the default."""
     values = {key.attr: key.default for key in CALL_KEYS}
     values["language"] = _flow_language(flow_language)
     values.update(defaults)
     values.update(profile or {})
+    configured = dict(values)  # what the deployment chose, for a refused input variable
+    explicit = {k.name for k in CALL_KEYS if k.attr in defaults or k.attr in (profile or {})}
     for key in CALL_KEYS:
         if key.name not in input_variables:
             continue
@@ -257,11 +337,61 @@ def resolve_call_config(
             continue
         try:
             values[key.attr] = _read_call_value(key, raw, from_input=True)
+            explicit.add(key.name)
         except ValueError as exc:
             log.warning("input variable %s is not %s; using %r", key.name, exc, values[key.attr])
+    if values["vendor"] not in vendors:
+        log.warning("input variable AI_VENDOR names %s, which has no credentials here; using %s",
+                    values["vendor"], configured["vendor"])  # fmt: skip
+        values["vendor"] = configured["vendor"]
+    _choose_api_and_model(values, configured, guard or ModelGuard(datetime.date.today()))
+    _check_voices(values, configured)
     for name in IGNORED_INPUT_VARIABLES & input_variables.keys():
         log.info("input variable %s is ignored: the GA Realtime API has no temperature", name)
+    ignored = sorted(explicit & set(NOT_IN_LIVE))
+    if values["api"] == "live" and values["vendor"] != "gemini" and ignored:
+        log.info("GPT-Live has no %s: accepted and ignored", ", ".join(ignored))
     return CallConfig(**values, connector_id=connector_id)
+
+
+def _choose_api_and_model(values: dict[str, Any], configured: dict[str, Any], guard: ModelGuard) -> None:
+    """`OPENAI_API=auto` by the model's name; the Live default when a Live call names no Live
+    model; a malformed OpenAI model name from Architect refused (Azure deployment names are free
+    form); the deprecation guard for OpenAI's own Realtime models."""
+    model, vendor = values["model"], values["vendor"]
+    if vendor == "openai" and model is not None and model != configured["model"]:
+        if not (_REALTIME_MODEL.match(model) or _LIVE_MODEL.match(model)):
+            log.warning(
+                "input variable OPENAI_MODEL is not a Realtime or GPT-Live model name; using the default"
+            )
+            model = configured["model"]
+    api = values["api"]
+    if api == "auto":
+        api = "live" if model is not None and model.startswith("gpt-live") else "realtime"
+    if api == "live":
+        if model is None or (vendor == "openai" and not _LIVE_MODEL.match(model)):
+            model = DEFAULT_LIVE_MODEL
+    elif model is None or (vendor == "openai" and _LIVE_MODEL.match(model)):
+        model = DEFAULT_MODEL
+    if vendor == "openai" and api == "realtime":
+        chosen = model
+        model, warning = guard.check(model)
+        if warning and chosen != configured["model"]:  # the configured ones were warned of at start
+            log.warning("input variable OPENAI_MODEL: %s", warning)
+    values["api"], values["model"] = api, model
+
+
+def _check_voices(values: dict[str, Any], configured: dict[str, Any]) -> None:
+    voices = LIVE_VOICES if values["api"] == "live" else VOICES
+    if values["vendor"] != "gemini" and values["voice"] not in voices:
+        kind = "GPT-Live" if values["api"] == "live" else "Realtime"
+        log.warning("voice %s is not a %s voice; using %s", values["voice"], kind, DEFAULT_VOICE)
+        values["voice"] = DEFAULT_VOICE
+    if values["vendor"] == "gemini" and values["gemini_voice"] not in GEMINI_VOICES:
+        log.warning(
+            "GEMINI_VOICE %s is not a Gemini voice; using %s", values["gemini_voice"], DEFAULT_GEMINI_VOICE
+        )
+        values["gemini_voice"] = DEFAULT_GEMINI_VOICE
 
 
 # -- settings of the features: API keys, Genesys Cloud API, remote MCP ----------------------
@@ -449,7 +579,7 @@ def describe_mcp(entries: Iterable[dict[str, Any]]) -> str:
     """Labels and URLs only, for --check-config."""
     return (
         ", ".join(f"{e['server_label']}={e.get('server_url') or e.get('connector_id')}" for e in entries)
-        or "<none>"
+        or "<unset>"
     )
 
 
@@ -504,9 +634,23 @@ class Settings:
     allowed_organization_ids: frozenset[str]
     log_level: str
     log_format: str
-    openai_api_key: str
-    openai_realtime_url: str
+    openai_api_key: str | None
+    openai_realtime_url: str | None  # an explicit override; else derived for the vendor
     openai_reconnect_seconds: float
+    openai_live_url: str | None = None  # an explicit override; else derived for the vendor
+    openai_api_base_url: str | None = None  # Responses API (GPT-Live summaries); else derived
+    openai_live_backend_model: str = "gpt-5.4-mini"
+    openai_summary_model: str = "gpt-5.4-mini"
+    azure_endpoint: str | None = None  # https://<resource>.openai.azure.com
+    azure_api_key: str | None = None
+    gemini_api_key: str | None = None
+    gemini_live_url: str = GEMINI_LIVE_URL
+    gemini_api_base_url: str = "https://generativelanguage.googleapis.com"
+    gemini_summary_model: str = "gemini-2.5-flash"
+    model_guard: ModelGuard = field(default_factory=lambda: ModelGuard(datetime.date.today()))
+    vendors: frozenset[str] = frozenset({"openai"})  # the vendors with credentials
+    warnings: tuple[str, ...] = ()  # for the log at start and --check-config
+    placeholders: tuple[str, ...] = ()  # settings still holding the example file's placeholder
     max_call_duration_seconds: float = 3600.0
     idle_timeout_seconds: float = 120.0
     farewell_timeout_seconds: float = 10.0
@@ -526,7 +670,7 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log filter."""
-        out = [self.openai_api_key]
+        out = [self.openai_api_key or "", self.azure_api_key or "", self.gemini_api_key or ""]
         for key in self.api_keys:
             out.append(key.key)
             if key.secret is not None:
@@ -545,7 +689,15 @@ class Settings:
         flow_language: str | None = None,
     ) -> CallConfig:
         profile = self.profiles.get(connector_id) if connector_id else None
-        return resolve_call_config(self.call_defaults, profile, input_variables, connector_id, flow_language)
+        return resolve_call_config(
+            self.call_defaults,
+            profile,
+            input_variables,
+            connector_id,
+            flow_language,
+            vendors=self.vendors,
+            guard=self.model_guard,
+        )
 
 
 def read_environment(env_file: str | os.PathLike[str] = ".env") -> dict[str, str]:
@@ -629,6 +781,10 @@ class _Reader:
         values = _call_layer(self.env, "")
         for key in CALL_KEYS:
             shown = values.get(key.attr, key.default)
+            if key.name == "OPENAI_MODEL" and shown is None:
+                shown = f"{DEFAULT_MODEL} (GPT-Live: {DEFAULT_LIVE_MODEL})"
+            elif isinstance(shown, tuple):
+                shown = ",".join(shown) or None
             self.report.append((key.name, _show(None if shown is None else str(shown))))
         return values
 
@@ -815,7 +971,83 @@ def _event_loop(choice: str) -> str:
     return "asyncio" if choice == "asyncio" else "uvloop"
 
 
-def load_settings(env: Mapping[str, str]) -> Settings:
+def _url(r: _Reader, name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+    value = r.string(name, default)
+    if value is not None and not value.startswith(schemes):
+        raise ConfigError(
+            f"{name} must be a {' or '.join(s.rstrip('/') for s in schemes)} URL (got {value!r})"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class _Vendors:
+    openai_api_key: str | None
+    azure_endpoint: str | None
+    azure_api_key: str | None
+    gemini_api_key: str | None
+
+    def available(self) -> frozenset[str]:
+        have = {
+            "openai": bool(self.openai_api_key),
+            "azure": bool(self.azure_endpoint and self.azure_api_key),
+            "gemini": bool(self.gemini_api_key),
+        }
+        return frozenset(v for v, ok in have.items() if ok)
+
+    def require(self, named: set[str]) -> None:
+        """Credentials for every vendor the environment or a profile names, and only for those."""
+        needs = {
+            "openai": ("OPENAI_API_KEY", "an OpenAI API key"),
+            "azure": (
+                "AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_API_KEY",
+                "the Azure OpenAI resource and its key",
+            ),
+            "gemini": ("GEMINI_API_KEY", "a Gemini API key"),
+        }
+        available = self.available()
+        for vendor in sorted(named - available):
+            names, what = needs[vendor]
+            verb = "are" if " and " in names else "is"
+            raise ConfigError(f"{names} {verb} required: {what} (AI_VENDOR {vendor} is in use)")
+
+
+def _start_warnings(
+    call_defaults: Mapping[str, Any], profiles: Mapping[str, Mapping[str, Any]], guard: ModelGuard
+) -> tuple[str, ...]:
+    """The deprecation guard's word on every model the environment and the profiles configure."""
+    found = []
+    for where, layer in [("environment", call_defaults), *((f"profile {k}", p) for k, p in profiles.items())]:
+        vendor = layer.get("vendor", call_defaults.get("vendor", "openai"))
+        model = layer.get("model")
+        if vendor == "openai" and model:
+            _, warning = guard.check(model)
+            if warning:
+                found.append(f"OPENAI_MODEL ({where}): {warning}")
+    return tuple(found)
+
+
+PLACEHOLDER = "change-me"  # what .env.local.example puts where a real value goes
+OUR_PREFIXES = ("GENESYS_", "OPENAI_", "AZURE_OPENAI_", "GEMINI_", "MCP_", "AI_", "MAX_", "BOT_", "TOOL_")
+
+
+def _placeholders(env: Mapping[str, str], known: set[str]) -> list[str]:
+    return sorted(name for name in known if PLACEHOLDER in (env.get(name) or "").lower())
+
+
+def _look_alikes(env: Mapping[str, str], known: set[str]) -> list[str]:
+    """Variables named like ours that are not: a typo leaves a setting at its default."""
+    found = []
+    for name in sorted(env):
+        if name in known or not name.startswith(OUR_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        if close:
+            found.append(f"{name} is not a setting of this connector: did you mean {close[0]}?")
+    return found
+
+
+def load_settings(env: Mapping[str, str], *, today: datetime.date | None = None) -> Settings:
     r = _Reader(env)
     debug = r.boolean("DEBUG", False)
     log_level = r.choice("LOG_LEVEL", "DEBUG" if debug else "INFO", LOG_LEVELS, upper=True)
@@ -829,11 +1061,25 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     api_keys = parse_api_keys(raw_keys, shared_secret)
     expected_authority = r.string("GENESYS_EXPECTED_AUTHORITY")
     orgs = r.csv("GENESYS_ALLOWED_ORGANIZATION_IDS")
-    openai_api_key = r.required("OPENAI_API_KEY", "an OpenAI API key with Realtime access", secret=True)
-    realtime_url = r.string("OPENAI_REALTIME_URL", "wss://api.openai.com/v1/realtime")
-    assert realtime_url is not None
-    if not realtime_url.startswith(("ws://", "wss://")):
-        raise ConfigError(f"OPENAI_REALTIME_URL must be a ws:// or wss:// URL (got {realtime_url!r})")
+    credentials = _Vendors(
+        openai_api_key=r.string("OPENAI_API_KEY", secret=True),
+        azure_endpoint=_url(r, "AZURE_OPENAI_ENDPOINT", None, ("https://", "http://")),
+        azure_api_key=r.string("AZURE_OPENAI_API_KEY", secret=True),
+        gemini_api_key=r.string("GEMINI_API_KEY", secret=True),
+    )
+    realtime_url = _url(r, "OPENAI_REALTIME_URL", None, ("ws://", "wss://"))
+    live_url = _url(r, "OPENAI_LIVE_URL", None, ("ws://", "wss://"))
+    api_base_url = _url(r, "OPENAI_API_BASE_URL", None, ("https://", "http://"))
+    gemini_live_url = _url(r, "GEMINI_LIVE_URL", GEMINI_LIVE_URL, ("ws://", "wss://"))
+    gemini_api_base = _url(
+        r, "GEMINI_API_BASE_URL", "https://generativelanguage.googleapis.com", ("https://", "http://")
+    )
+    live_backend_model = r.string("OPENAI_LIVE_BACKEND_MODEL", "gpt-5.4-mini")
+    summary_model = r.string("OPENAI_SUMMARY_MODEL", "gpt-5.4-mini")
+    gemini_summary_model = r.string("GEMINI_SUMMARY_MODEL", "gemini-2.5-flash")
+    guard = ModelGuard(
+        today or datetime.date.today(), r.choice("MODEL_MIGRATION", "on", ("on", "off")) == "on"
+    )
     reconnect = r.number("OPENAI_RECONNECT_SECONDS", 10.0, 0.5, 300.0)
     max_duration = r.number("MAX_CALL_DURATION_SECONDS", 3600.0, 1.0, 86_400.0)
     idle_timeout = r.number("IDLE_TIMEOUT_SECONDS", 120.0, 1.0, 86_400.0)
@@ -853,6 +1099,14 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if not mcp.enabled:
         for profile in profiles.values():
             profile.pop("mcp_tools", None)
+    named = {call_defaults.get("vendor", "openai")} | {
+        p["vendor"] for p in profiles.values() if "vendor" in p
+    }
+    credentials.require(named)
+    known = {name for name, _ in r.report} | CALL_KEY_NAMES | IGNORED_INPUT_VARIABLES
+    assert (
+        gemini_live_url and gemini_api_base and live_backend_model and summary_model and gemini_summary_model
+    )
     return Settings(
         host=host,
         port=port,
@@ -861,9 +1115,23 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         allowed_organization_ids=frozenset(o.lower() for o in orgs),
         log_level=log_level,
         log_format=log_format,
-        openai_api_key=openai_api_key,
+        openai_api_key=credentials.openai_api_key,
         openai_realtime_url=realtime_url,
         openai_reconnect_seconds=reconnect,
+        openai_live_url=live_url,
+        openai_api_base_url=api_base_url,
+        openai_live_backend_model=live_backend_model,
+        openai_summary_model=summary_model,
+        azure_endpoint=credentials.azure_endpoint.rstrip("/") if credentials.azure_endpoint else None,
+        azure_api_key=credentials.azure_api_key,
+        gemini_api_key=credentials.gemini_api_key,
+        gemini_live_url=gemini_live_url,
+        gemini_api_base_url=gemini_api_base.rstrip("/"),
+        gemini_summary_model=gemini_summary_model,
+        model_guard=guard,
+        vendors=credentials.available(),
+        warnings=(*_start_warnings(call_defaults, profiles, guard), *_look_alikes(env, known)),
+        placeholders=tuple(_placeholders(env, known)),
         max_call_duration_seconds=max_duration,
         idle_timeout_seconds=idle_timeout,
         farewell_timeout_seconds=farewell_timeout,

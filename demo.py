@@ -34,7 +34,8 @@ from collections.abc import Mapping
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from config import ConfigError, Settings, load_settings, read_environment
+from backends import openai_endpoints
+from config import CallConfig, ConfigError, Settings, load_settings, read_environment
 from log_setup import SecretMasker, configure_logging
 from oai_middleware import App
 from simulators import speech
@@ -50,12 +51,27 @@ from simulators.call_simulator import (
     load_wav,
     save_audio,
 )
+from simulators.gemini_simulator import GeminiSimulator
+from simulators.live_simulator import LiveSimulator
 from simulators.realtime_simulator import RealtimeSimulator
 from simulators.script import Script, Turn
 from simulators.timeline import Timeline
 
 DEMO_KEY = "demo-api-key"
-SIMULATED_OPENAI_KEY = "sk-demo-simulated"
+SIMULATED_KEYS = {
+    "OPENAI_API_KEY": "sk-demo-simulated",
+    "AZURE_OPENAI_API_KEY": "demo-simulated",
+    "GEMINI_API_KEY": "demo-simulated",
+}
+# Where a real model would be reached: replaced by the simulator's when simulating.
+ENDPOINTS = (
+    "OPENAI_REALTIME_URL",
+    "OPENAI_LIVE_URL",
+    "OPENAI_API_BASE_URL",
+    "AZURE_OPENAI_ENDPOINT",
+    "GEMINI_LIVE_URL",
+    "GEMINI_API_BASE_URL",
+)
 GREETING = "Hello, thanks for calling the demo line. How can I help?"
 CALLER_WORDS = ("Hi, where is my order?", "Great, that's all, thank you.")
 ANSWER = "Of course. Your order shipped yesterday and arrives on Friday."
@@ -67,8 +83,8 @@ FRAME = 0.2
 
 def demo_script(caller_words: list[str]) -> Script:
     """The simulated model: answers each turn, and ends the call after the caller's last one."""
-    answers = [Turn(say=ANSWER, seconds=3.0)]
-    answers += [Turn(say="Sure, I can help with that.", seconds=1.5)] * (len(caller_words) - 2)
+    answers = [Turn(say=ANSWER)]
+    answers += [Turn(say="Sure, I can help with that.")] * (len(caller_words) - 2)
     end_call = Turn(
         call="end_conversation_successfully",
         arguments={"summary": "Order status given; it arrives Friday."},
@@ -87,19 +103,64 @@ def demo_script(caller_words: list[str]) -> Script:
     )
 
 
-def demo_environment(env: Mapping[str, str], simulator_url: str | None) -> dict[str, str]:
-    """The server's environment, with only what the demo must set on top."""
+def demo_environment(env: Mapping[str, str], simulator: Mapping[str, str] | None) -> dict[str, str]:
+    """The server's environment, with only what the demo must set on top: its own key, host and
+    port, and when simulating the simulator's endpoints and stand-in credentials (real keys stay
+    home)."""
     values = dict(env)
     values.pop("PORT", None)  # the demo listens on an ephemeral port
     values.update(GENESYS_API_KEY=DEMO_KEY, HOST="127.0.0.1")
-    if simulator_url is not None:
-        values.update(OPENAI_REALTIME_URL=simulator_url, OPENAI_API_KEY=SIMULATED_OPENAI_KEY)
+    if simulator is not None:
+        for name in ENDPOINTS:
+            values.pop(name, None)
+        values.update(simulator)
         values.setdefault("INITIAL_GREETING", GREETING)  # the simulator has a script to follow
     return values
 
 
-def demo_settings(env: Mapping[str, str], simulator_url: str | None) -> Settings:
-    return dataclasses.replace(load_settings(demo_environment(env, simulator_url)), port=0)
+def demo_settings(env: Mapping[str, str], simulator: Mapping[str, str] | None) -> Settings:
+    return dataclasses.replace(load_settings(demo_environment(env, simulator)), port=0)
+
+
+def demo_call(env: Mapping[str, str]) -> CallConfig:
+    """The demo call's settings as the server would resolve them (vendor, API, model), whatever
+    credentials there are."""
+    stand_ins = {"AZURE_OPENAI_ENDPOINT": "https://demo.invalid", **SIMULATED_KEYS}
+    probe = demo_environment({**stand_ins, **env}, None)
+    return load_settings(probe).call_config("demo-bot", {})
+
+
+def has_credentials(env: Mapping[str, str], call: CallConfig) -> bool:
+    needed = {"openai": ("OPENAI_API_KEY",), "azure": ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY")}
+    return all(env.get(name) for name in needed.get(call.vendor, ("GEMINI_API_KEY",)))
+
+
+Simulator = RealtimeSimulator | LiveSimulator | GeminiSimulator
+
+
+async def start_simulator(call: CallConfig, words: list[str]) -> tuple[Simulator, dict[str, str]]:
+    """The stand-in for the backend the call uses, and the settings that point the connector at it."""
+    script = demo_script(words)
+    if call.vendor == "gemini":
+        gemini = await GeminiSimulator(script, strict=False, speak_words=True).start()
+        return gemini, {
+            "GEMINI_LIVE_URL": gemini.url,
+            "GEMINI_API_BASE_URL": gemini.api_base_url,
+            "GEMINI_API_KEY": SIMULATED_KEYS["GEMINI_API_KEY"],
+        }
+    sim: LiveSimulator | RealtimeSimulator
+    if call.api == "live":
+        sim = await LiveSimulator(script, strict=False, speak_words=True).start()
+        openai = {"OPENAI_LIVE_URL": sim.url, "OPENAI_API_BASE_URL": sim.api_base_url}
+    else:
+        sim = await RealtimeSimulator(script, strict=False, speak_words=True).start()
+        openai = {"OPENAI_REALTIME_URL": sim.url}
+    if call.vendor == "azure":
+        return sim, {
+            "AZURE_OPENAI_ENDPOINT": sim.azure_endpoint,
+            "AZURE_OPENAI_API_KEY": SIMULATED_KEYS["AZURE_OPENAI_API_KEY"],
+        }
+    return sim, {**openai, "OPENAI_API_KEY": SIMULATED_KEYS["OPENAI_API_KEY"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,13 +227,14 @@ async def converse(call: GenesysCall, turns: list[Utterance], listen: float) -> 
 
 async def start_model(
     env: Mapping[str, str], words: list[str], simulate: bool
-) -> tuple[Settings, RealtimeSimulator | None]:
-    """The settings, and the Realtime simulator when simulating (None otherwise)."""
-    if not simulate:
+) -> tuple[Settings, Simulator | None]:
+    """The settings, and the simulator of the call's backend when simulating (None otherwise)."""
+    call = demo_call(env)
+    if not simulate and has_credentials(env, call):
         return demo_settings(env, None), None
-    sim = await RealtimeSimulator(demo_script(words), strict=False).start()
+    sim, endpoints = await start_simulator(call, words)
     try:
-        return demo_settings(env, sim.url), sim
+        return demo_settings(env, endpoints), sim
     except ConfigError:
         await sim.stop()
         raise
@@ -183,20 +245,14 @@ async def run(args: argparse.Namespace) -> int:
     words = args.say or list(CALLER_WORDS)
     try:
         turns = caller_turns(words, args.wav)
-        settings, sim = await start_model(env, words, args.simulate or not env.get("OPENAI_API_KEY"))
+        settings, sim = await start_model(env, words, args.simulate)
     except (ConfigError, UsageError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return Exit.USAGE
     masker = SecretMasker(settings.secrets())
     configure_logging("INFO" if args.verbose else "WARNING", "text", masker)
-    if sim is not None:
-        print(f"Connector -> the local Realtime simulator at {sim.url}")
-    else:
-        per_call = settings.call_config("demo-bot", {})
-        print(
-            f"Connector -> the real OpenAI Realtime API at {settings.openai_realtime_url}"
-            f" (model {per_call.model}, voice {per_call.voice})"
-        )
+    per_call = settings.call_config("demo-bot", {})
+    print(f"Connector -> {describe_backend(per_call, settings, sim)}")
     app = App(settings, masker=masker)
     try:
         await app.start()
@@ -215,6 +271,24 @@ async def run(args: argparse.Namespace) -> int:
     return report(call, args, refused, sim)
 
 
+def describe_backend(call: CallConfig, settings: Settings, sim: Simulator | None) -> str:
+    if call.vendor == "gemini":
+        kind, model, where, voice = (
+            "Gemini Live",
+            call.gemini_model,
+            settings.gemini_live_url,
+            call.gemini_voice,
+        )
+    else:
+        realtime, live, _, _ = openai_endpoints(settings, call.vendor)
+        api = "GPT-Live" if call.api == "live" else "Realtime"
+        kind = f"{'Azure OpenAI' if call.vendor == 'azure' else 'OpenAI'} {api}"
+        model, where, voice = call.model, live if call.api == "live" else realtime, call.voice
+    if sim is not None:
+        return f"the local {kind} simulator at {where} (model {model}, voice {voice})"
+    return f"the real {kind} API at {where} (model {model}, voice {voice})"
+
+
 async def place_call(call: GenesysCall, turns: list[Utterance], listen: float) -> str | None:
     """Dial and talk; says why when the connector could not be reached."""
     try:
@@ -231,9 +305,7 @@ async def place_call(call: GenesysCall, turns: list[Utterance], listen: float) -
     return None
 
 
-def report(
-    call: GenesysCall, args: argparse.Namespace, refused: str | None, sim: RealtimeSimulator | None
-) -> int:
+def report(call: GenesysCall, args: argparse.Namespace, refused: str | None, sim: Simulator | None) -> int:
     record = call.record
     code, why = call_outcome(call, refused=refused)
     variables = record.output_variables
@@ -286,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         help="after the caller's last turn, how long to wait for the bot to end the call (default 8)",
     )
     parser.add_argument(
-        "--simulate", action="store_true", help="use the simulator even when OPENAI_API_KEY is set"
+        "--simulate", action="store_true", help="use the simulator even when the vendor's credentials are set"
     )
     parser.add_argument("--verbose", action="store_true", help="show the connector's own log lines")
     args = parser.parse_args(argv)

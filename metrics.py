@@ -82,6 +82,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.resumptions = Counter(
+            "connector_gemini_resumptions",
+            "Gemini Live sessions resumed on a new connection (goAway or a drop), by result: "
+            "resumed, refused (the handle was not taken), fresh (a new session with the transcript).",
+            ["result"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             "connector_auth_failures", "Refused upgrade requests, by reason.", ["reason"], registry=r
         )

@@ -17,6 +17,33 @@ from typing import Any, Protocol
 
 from config import CallConfig
 
+# -- reading what a peer sent ------------------------------------------------------------------
+# Server events come from a peer: a field of the wrong type reads as absent, never as a crash.
+
+
+def peer_field(value: Any, *path: str) -> Any:
+    """A field deep in a JSON object, or None when any step is missing or not an object."""
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def peer_text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def peer_number(value: Any) -> bool:
+    """A JSON number (not a boolean) that is not negative."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def peer_count(value: Any) -> int:
+    """A token count: a positive integer, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 # -- what a backend can do ----------------------------------------------------------------------
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import http
 import json
 import logging
 import signal
+import socket
 import sys
 import urllib.parse
 from collections.abc import Callable
@@ -31,11 +33,12 @@ from audiohook_server import CLOSE_WAIT, AudioHookSession, HandlerFactory
 from backends import backend_chooser
 from call_bridge import make_bridge_factory
 from call_control import empty_output_variables
-from config import DEPRECATED_MODELS, ConfigError, Settings, load_settings, read_environment
+from config import SETTING_NAMES, ConfigError, Settings, load_settings, read_environment
 from genesys_actions import GenesysApi
 from genesys_auth import Authenticator, Failure
 from log_setup import RefusalLog, SecretMasker, configure_logging, session_id_var
 from metrics import CONTENT_TYPE, Metrics, collect_garbage, watch_loop_lag
+from text_api import TextApi
 from utils import cancel_and_wait
 
 log = logging.getLogger("connector")
@@ -98,9 +101,10 @@ class App:
         self.genesys_api = (
             GenesysApi(settings.genesys, masker=masker) if settings.genesys is not None else None
         )
+        self.text_api = TextApi()  # the model vendors' text calls (summaries), pooled for all calls
         self.handler_factory = handler_factory or make_bridge_factory(
             settings,
-            backend_chooser(settings, self.metrics),
+            backend_chooser(settings, self.metrics, self.text_api),
             genesys_api=self.genesys_api,
             metrics=self.metrics,
         )
@@ -218,6 +222,7 @@ class App:
                 self._idle.set()
 
     async def start(self) -> Server:
+        await self.text_api.start()
         if self.genesys_api is not None:
             await self.genesys_api.start()
         self._housekeeping = [
@@ -286,6 +291,7 @@ class App:
             await self.server.wait_closed()
         if self.genesys_api is not None:
             await self.genesys_api.close()
+        await self.text_api.close()
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
@@ -323,15 +329,51 @@ async def serve_until_signal(settings: Settings, masker: SecretMasker) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    await app.start()
+    try:
+        await app.start()
+    except OSError as exc:
+        await app.stop()
+        raise StartupError(_listen_error(settings, exc)) from None
     log.info("listening on %s:%d (%s event loop)", settings.host, app.port, settings.event_loop)
-    model = settings.call_defaults.get("model", "gpt-realtime-mini")
-    if model in DEPRECATED_MODELS:
-        log.warning("OPENAI_MODEL %s is marked deprecated by OpenAI; consider gpt-realtime-2.1-mini", model)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
     await stop.wait()
     await app.drain(settings.shutdown_drain_seconds, hurry)
     await app.stop()
     log.info("stopped")
+
+
+class StartupError(Exception):
+    """The process cannot serve (the port is taken, the host does not resolve): one line."""
+
+
+def _listen_error(settings: Settings, exc: OSError) -> str:
+    where = f"{settings.host}:{settings.port}"
+    if isinstance(exc, socket.gaierror):
+        reason = exc.strerror or exc
+        return f"HOST {settings.host!r} does not resolve ({reason}); set HOST to an address of this machine"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: the port is already in use (PORT={settings.port})"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {where}: HOST {settings.host!r} is not an address of this machine"
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where}: permission denied (PORT={settings.port} needs privileges)"
+    return f"cannot listen on {where}: {exc.strerror or exc} (HOST, PORT)"
+
+
+def print_configuration(settings: Settings) -> None:
+    """`--check-config`: the effective configuration, secrets masked, the bot profiles, the
+    warnings, and a last line saying it is fine."""
+    for name, value in settings.report:
+        print(f"{name}={value}")
+    for connector_id, profile in sorted(settings.profiles.items()):
+        keys = ", ".join(sorted(SETTING_NAMES.get(k, k) for k in profile)) or "no settings"
+        print(f"profile {connector_id}: {keys}")
+    for warning in settings.warnings:
+        print(f"warning: {warning}")
+    for name in settings.placeholders:
+        print(f"warning: {name} still holds the example file's placeholder; the server will refuse to start")
+    print("configuration OK")
 
 
 def tune_garbage_collector() -> None:
@@ -350,7 +392,9 @@ def tune_garbage_collector() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Genesys Audio Connector <-> OpenAI Realtime connector")
+    parser = argparse.ArgumentParser(
+        description="Genesys Audio Connector <-> speech-to-speech model connector"
+    )
     parser.add_argument(
         "--check-config",
         action="store_true",
@@ -363,9 +407,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
-        for name, value in settings.report:
-            print(f"{name}={value}")
+        print_configuration(settings)
         return 0
+    if settings.placeholders:
+        names = ", ".join(settings.placeholders)
+        print(
+            f"configuration error: {names} still hold the example file's placeholder (change-me)",
+            file=sys.stderr,
+        )
+        return 2
     masker = SecretMasker(settings.secrets())
     configure_logging(settings.log_level, settings.log_format, masker)
     tune_garbage_collector()
@@ -375,7 +425,11 @@ def main(argv: list[str] | None = None) -> int:
 
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve_until_signal(settings, masker))
+        try:
+            runner.run(serve_until_signal(settings, masker))
+        except StartupError as exc:
+            print(f"start-up error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -45,6 +45,10 @@ from model_backend import (
     Utterance,
     UtteranceStarted,
 )
+from model_backend import peer_count as _count
+from model_backend import peer_field as _at
+from model_backend import peer_number as _number
+from model_backend import peer_text as _text
 from model_socket import ModelSocket
 from utils import ULAW_SILENCE
 
@@ -231,42 +235,18 @@ def realtime_usage(usage: Any) -> Usage:
     cached = _object(given, "cached_tokens_details")
     out = _object(usage, "output_token_details")
     return Usage(
-        input_text=_int(given.get("text_tokens")),
-        input_audio=_int(given.get("audio_tokens")),
-        input_cached_text=_int(cached.get("text_tokens")),
-        input_cached_audio=_int(cached.get("audio_tokens")),
-        output_text=_int(out.get("text_tokens")),
-        output_audio=_int(out.get("audio_tokens")),
+        input_text=_count(given.get("text_tokens")),
+        input_audio=_count(given.get("audio_tokens")),
+        input_cached_text=_count(cached.get("text_tokens")),
+        input_cached_audio=_count(cached.get("audio_tokens")),
+        output_text=_count(out.get("text_tokens")),
+        output_audio=_count(out.get("audio_tokens")),
     )
 
 
 def _object(parent: Any, key: str) -> dict[str, Any]:
     value = parent.get(key) if isinstance(parent, dict) else None
     return value if isinstance(value, dict) else {}
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _at(value: Any, *path: str) -> Any:
-    """A field deep in an event, or None when any step is missing or not an object.
-
-    Events come from a peer: a field of the wrong type reads as absent, never as a crash.
-    """
-    for key in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
 # -- one in-band response at a time ----------------------------------------------------------

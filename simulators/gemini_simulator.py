@@ -43,6 +43,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from simulators import speech
 from simulators.audio import speech_like
 from simulators.script import Script, Turn
 from utils import audioop
@@ -673,8 +674,10 @@ class GeminiSimulator:
         go_away_before: float = 1.0,
         seed: int = 7,
         cancel_blocking_on_speech: bool = True,
+        speak_words: bool = False,
     ) -> None:
         self.script = script or Script()
+        self.speak_words = speak_words  # voice the words with eSpeak NG when it is there
         self.validator = load_validator(required=strict)
         self.validate_server = validate_server
         self.speed = speed
@@ -1385,7 +1388,12 @@ class SimConnection:
     async def _stream(self, gen: Generation, turn: Turn) -> None:
         mime = self.sim.force_mime or f"audio/pcm;rate={OUT_RATE}"
         rate = _pcm_rate(mime) or OUT_RATE
-        pcm = model_speech(round(turn.audio_seconds(), 2), self.sim.rng.randrange(4), rate)
+        spoken = speech.synthesize(turn.say) if self.sim.speak_words and turn.say else None
+        if spoken:  # cached; only the demo and the command voice words
+            pcm = audioop.ulaw2lin(spoken, 2)
+            pcm = pcm if rate == 8000 else audioop.ratecv(pcm, 2, 1, 8000, rate, None)[0]
+        else:
+            pcm = model_speech(round(turn.audio_seconds(), 2), self.sim.rng.randrange(4), rate)
         words = (turn.say or "").split()
         sent_words = 0
         position = 0
@@ -1586,11 +1594,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         help="connection lifetime before goAway (default 600)",
     )
+    p.add_argument(
+        "--speak", action="store_true", help="voice the answers' words with eSpeak NG when it is installed"
+    )
     return p
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    sim = GeminiSimulator(strict=False, speed=args.speed, connection_seconds=args.connection_seconds)
+    sim = GeminiSimulator(
+        strict=False, speed=args.speed, connection_seconds=args.connection_seconds, speak_words=args.speak
+    )
     await sim.start(args.host, args.port)
     print(f"Gemini Live simulator on {sim.url}  (set GEMINI_LIVE_URL to it)", flush=True)
     print(f"generateContent on {sim.api_base_url}  (set GEMINI_API_BASE_URL to it)", flush=True)

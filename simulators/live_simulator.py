@@ -53,6 +53,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from simulators import speech
 from simulators.audio import read_wav, speech_like
 from simulators.realtime_simulator import SPEECH_RMS
 from simulators.script import Script, Turn
@@ -394,6 +395,7 @@ class LiveSimulator:
         session_seconds: float = 3600.0,
         seed: int = 7,
         bot_audio: bytes | None = None,
+        speak_words: bool = False,
         acknowledgement: str | None = None,
     ) -> None:
         self.script = script or Script()
@@ -402,6 +404,7 @@ class LiveSimulator:
         self.session_seconds = session_seconds
         self.rng = random.Random(seed)
         self.bot_audio = bot_audio
+        self.speak_words = speak_words  # voice the words with eSpeak NG when it is there
         self.acknowledgement = acknowledgement  # spoken when a delegation starts
         self.voices = known_voices()
         self.sessions: list[LiveSession] = []
@@ -1258,9 +1261,13 @@ class LiveSession:
         if len(self._queue) >= MAX_QUEUED_SPEECH:
             log.warning("live simulator: too much queued speech; %r is not said", text)
             return
-        self._queue.append(Utterance(text, self.fmt.from_pcmu(self._speech(seconds))))
+        self._queue.append(Utterance(text, self.fmt.from_pcmu(self._speech(seconds, text))))
 
-    def _speech(self, seconds: float) -> bytes:
+    def _speech(self, seconds: float, text: str = "") -> bytes:
+        if self.sim.speak_words and text:
+            spoken = speech.synthesize(text)  # cached; only the demo and the command voice words
+            if spoken:
+                return spoken
         size = int(seconds * 8000)
         if self.sim.bot_audio:
             source = self.sim.bot_audio
@@ -1605,6 +1612,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wav", help="speak slices of this WAV instead of generated speech-like audio")
     p.add_argument("--session-seconds", type=float, default=3600.0, help="session time limit (default 3600)")
     p.add_argument("--acknowledgement", help="what the model says when it delegates (default: nothing)")
+    p.add_argument(
+        "--speak", action="store_true", help="voice the answers' words with eSpeak NG when it is installed"
+    )
     return p
 
 
@@ -1614,6 +1624,7 @@ async def _serve(args: argparse.Namespace) -> None:
         session_seconds=args.session_seconds,
         bot_audio=read_wav(args.wav) if args.wav else None,
         acknowledgement=args.acknowledgement,
+        speak_words=args.speak,
     )
     await sim.start(args.host, args.port)
     print(

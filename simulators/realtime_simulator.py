@@ -36,6 +36,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from simulators import speech
 from simulators.audio import read_wav, speech_like
 from simulators.script import Script, Turn
 from utils import ulaw_rms
@@ -163,8 +164,10 @@ class RealtimeSimulator:
         validate_server: bool = False,
         bot_audio: bytes | None = None,
         seed: int = 7,
+        speak_words: bool = False,
     ) -> None:
         self.script = script or Script()
+        self.speak_words = speak_words  # voice the transcript with eSpeak NG when it is there
         self.speed = speed
         self.session_seconds = session_seconds
         self.validator = load_validator(required=strict)
@@ -1026,7 +1029,7 @@ class SimSession:
         if response.in_band:
             await self.emit("conversation.item.added", item=body, previous_item_id=previous)
         await self.emit("response.content_part.added", **ids, part={"type": "audio", "transcript": ""})
-        audio = self._speech(turn.audio_seconds())
+        audio = await self._voice(turn)
         words = text.split()
         sent_words = 0
         position = 0
@@ -1062,6 +1065,15 @@ class SimSession:
         if response.in_band:
             await self.emit("conversation.item.done", item=done_item, previous_item_id=previous)
         return done_item
+
+    async def _voice(self, turn: Turn) -> bytes:
+        """The turn's words spoken when asked to (`speak_words`) and a speech engine is there;
+        otherwise speech-like audio of the scripted length."""
+        if self.sim.speak_words and turn.say:
+            audio = await asyncio.to_thread(speech.synthesize, turn.say)
+            if audio:
+                return audio
+        return self._speech(turn.audio_seconds())
 
     def _speech(self, seconds: float) -> bytes:
         size = int(seconds * 8000)
@@ -1185,6 +1197,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="how much faster than real time audio is generated (default 4)",
     )
     p.add_argument("--session-seconds", type=float, default=3600.0, help="session time limit (default 3600)")
+    p.add_argument(
+        "--speak", action="store_true", help="voice the answers' words with eSpeak NG when it is installed"
+    )
     return p
 
 
@@ -1194,6 +1209,7 @@ async def _serve(args: argparse.Namespace) -> None:
         session_seconds=args.session_seconds,
         strict=False,
         bot_audio=read_wav(args.wav) if args.wav else None,
+        speak_words=args.speak,
     )
     await sim.start(args.host, args.port)
     print(f"Realtime simulator on {sim.url}  (set OPENAI_REALTIME_URL to it)", flush=True)

@@ -8,9 +8,12 @@ import os
 import socket
 import sys
 
+import pytest
 from conftest import ROOT
+from test_speech import speech_band_share
 
 import demo
+from backends import openai_endpoints
 from simulators import speech
 from simulators.audio import read_wav
 from utils import ulaw_rms
@@ -54,7 +57,7 @@ async def test_the_demo_completes_with_words_a_wav_as_heard_and_the_variables(tm
         *("--listen", "6", "--save", "bot.wav", "--timeline", "call.html"),
     )
     assert code == 0, out + err
-    assert "Connector -> the local Realtime simulator" in out
+    assert "Connector -> the local OpenAI Realtime simulator" in out
     if speech.available():  # the caller says real words, not the buzz
         assert "caller says 'Hi, where is my order?' (" in out and "speech-like" not in out
     assert "Output variables for Architect:" in out
@@ -65,6 +68,11 @@ async def test_the_demo_completes_with_words_a_wav_as_heard_and_the_variables(tm
     assert loud >= 25  # greeting, answer and farewell: over five seconds of speech
     assert max(silent_runs(audio)) >= 50  # the caller's turns are silence in what it heard
     assert 'id="call-data"' in (tmp_path / "call.html").read_text(encoding="utf-8")
+    if speech.available():  # the bot speaks words too: speech-band energy, as long as its text
+        assert speech_band_share(audio) > 0.75
+        spoken = loud / 5  # seconds of speech, in 200 ms windows
+        text = len(demo.GREETING) + len(demo.ANSWER) + len("Thank you for calling. Goodbye!")
+        assert 0.5 < spoken / (text / speech.CHARACTERS_PER_SECOND) < 2.0
 
 
 def closed_port() -> int:
@@ -108,12 +116,30 @@ def test_settings_are_the_servers_with_only_the_demos_own_on_top():
     real = demo.demo_settings(env, None)
     assert (real.host, real.port, real.openai_api_key) == ("127.0.0.1", 0, "sk-real")
     assert [k.key for k in real.api_keys] == [demo.DEMO_KEY]
-    assert real.openai_realtime_url == "wss://api.openai.com/v1/realtime"
+    assert openai_endpoints(real, "openai")[0] == "wss://api.openai.com/v1/realtime"
     assert real.idle_timeout_seconds == 42
     per_call = real.call_config("demo-bot", {})
     assert (per_call.model, per_call.voice, per_call.greeting) == ("gpt-realtime", "marin", None)
 
-    simulated = demo.demo_settings(env, "ws://127.0.0.1:1234/v1/realtime")
-    assert simulated.openai_realtime_url == "ws://127.0.0.1:1234/v1/realtime"
-    assert simulated.openai_api_key == demo.SIMULATED_OPENAI_KEY  # the real key stays home
+    simulated = demo.demo_settings(
+        env, {"OPENAI_REALTIME_URL": "ws://127.0.0.1:1234/v1/realtime", "OPENAI_API_KEY": "sk-demo-simulated"}
+    )
+    assert openai_endpoints(simulated, "openai")[0] == "ws://127.0.0.1:1234/v1/realtime"
+    assert simulated.openai_api_key == demo.SIMULATED_KEYS["OPENAI_API_KEY"]  # the real key stays home
     assert simulated.call_config("demo-bot", {}).greeting == demo.GREETING
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"OPENAI_MODEL": "gpt-live-1"}, "the local OpenAI GPT-Live simulator"),
+        ({"AI_VENDOR": "azure", "OPENAI_API": "live"}, "the local Azure OpenAI GPT-Live simulator"),
+        ({"AI_VENDOR": "azure"}, "the local Azure OpenAI Realtime simulator"),
+    ],
+)
+async def test_the_demo_chooses_the_backend_like_the_server_with_no_account(tmp_path, env, expected):
+    code, out, err = await run_demo(tmp_path, {**plain_environment(tmp_path), **env}, "--listen", "6")
+    assert code == 0, out + err
+    assert expected in out
+    assert "AI_VENDOR = " + env.get("AI_VENDOR", "openai") in out
+    assert (tmp_path / "demo-bot.wav").exists()

@@ -125,7 +125,19 @@ def mutated_message(draw):
     mutations = draw(
         st.lists(
             st.sampled_from(
-                ["seq", "serverseq", "id", "version", "type", "drop", "param", "extra", "parameters", "raw"]
+                [
+                    "seq",
+                    "serverseq",
+                    "id",
+                    "version",
+                    "type",
+                    "drop",
+                    "param",
+                    "extra",
+                    "parameters",
+                    "raw",
+                    "deep",
+                ]
             ),
             max_size=2,
         )
@@ -148,6 +160,9 @@ def build(type_: str, mutations: list[str], values: list, seq: int, session_id: 
         value = values[n]
         if mutation == "raw":
             return json.dumps(value) if not isinstance(value, str) else value
+        if mutation == "deep":  # nested deeper than the parser goes, under the size limit
+            depth = 1000 + hash(str(value)) % 31_000
+            return "[" * depth + "]" * depth
         if mutation == "drop":
             msg.pop(sorted(msg)[hash(str(value)) % len(msg)], None)
         elif mutation == "param" and isinstance(msg.get("parameters"), dict) and msg["parameters"]:
@@ -265,20 +280,27 @@ def test_random_and_mutated_audiohook_traffic_never_hurts_the_server_or_a_health
 _header_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
 
 
+HEADER_NAMES = (
+    "Audiohook-Session-Id",
+    "Audiohook-Organization-Id",
+    "Audiohook-Correlation-Id",
+    "X-API-KEY",
+    "Signature-Input",
+    "Signature",
+)
+
+
 @settings(settings.get_profile(PROFILE))
 @given(
-    st.fixed_dictionaries(
-        {},
-        optional={
-            "Audiohook-Session-Id": _header_text | st.just(str(uuid.uuid4())),
-            "Audiohook-Organization-Id": _header_text | st.just(str(uuid.uuid4())),
-            "Audiohook-Correlation-Id": _header_text | st.just(str(uuid.uuid4())),
-            "X-API-KEY": _header_text | st.just(API_KEY),
-            "Signature-Input": _header_text,
-            "Signature": _header_text,
-        },
+    # Any of them missing, malformed, right, or sent more than once.
+    st.lists(
+        st.tuples(
+            st.sampled_from(HEADER_NAMES),
+            _header_text | st.just(str(uuid.uuid4())) | st.just(API_KEY),
+        ),
+        max_size=9,
     ),
-    st.sampled_from(["/audiohook", "/audiohook/x?y=z", "/audiohook/%00", "/other", "/ready"]),
+    st.sampled_from(["/audiohook", "/audiohook/x?y=z", "/audiohook/%00", "/other", "/ready", "/"]),
 )
 def _fuzz_headers(server, headers, path):
     async def attempt():
