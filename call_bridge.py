@@ -566,7 +566,9 @@ class CallBridge:
         self.metrics.tool_calls.labels(call.name, "ok" if ok else "error").inc()
         self.metrics.tool_latency.labels(call.name).observe(self.link.now() - started)
         if self.session is not None and self.socket == socket:
-            self.session.tool_result(call.call_id, output)
+            # The model goes on once the last of the tools running has answered: one answer
+            # for a batch of calls, seeing every result.
+            self.session.tool_result(call.call_id, output, respond=self._tools_running == 0)
             return
         # The socket that asked was replaced and never saw this result: tell the current one (or
         # the next) what the tool returned.

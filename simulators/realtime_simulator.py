@@ -927,7 +927,7 @@ class SimSession:
             self._answered = self._answered or response.purpose is None
             turn = self.sim.script.answer(response.purpose, params.get("instructions"), first)
             await asyncio.sleep(self.sim.response_delay)
-            if turn.call:
+            if turn.function_calls():
                 await self._function_call_response(response, turn)
             elif turn.mcp:
                 await self._mcp_call_response(response, turn)
@@ -1084,30 +1084,40 @@ class SimSession:
         return speech_like(round(seconds, 2), seed=self.sim.rng.randrange(4))[:size]
 
     async def _function_call_response(self, response: SimResponse, turn: Turn) -> None:
-        assert turn.call is not None
+        """One function_call item per call of the turn, all in this one response."""
+        outputs = []
+        for index, (name, arguments) in enumerate(turn.function_calls()):
+            outputs.append(await self._function_call_item(response, index, name, json.dumps(arguments)))
+        tokens = sum(len(o["arguments"]) for o in outputs) // 4
+        await self._done(response, outputs, tokens, 0)
+
+    async def _function_call_item(
+        self, response: SimResponse, index: int, name: str, arguments: str
+    ) -> dict[str, Any]:
         call_id = self.sim.new_id("call")
-        item = SimItem(id=self.sim.new_id("item"), type="function_call", call_id=call_id, name=turn.call)
-        arguments = json.dumps(turn.arguments or {})
+        item = SimItem(id=self.sim.new_id("item"), type="function_call", call_id=call_id, name=name)
         body = {
             "id": item.id,
             "object": "realtime.item",
             "type": "function_call",
             "status": "in_progress",
-            "name": turn.call,
+            "name": name,
             "call_id": call_id,
             "arguments": "",
         }
         previous = self.items[-1].id if self.items else None
         self.items.append(item)
-        await self.emit("response.output_item.added", response_id=response.id, output_index=0, item=body)
+        await self.emit("response.output_item.added", response_id=response.id, output_index=index, item=body)
         await self.emit("conversation.item.added", item=body, previous_item_id=previous)
-        ids = {"response_id": response.id, "item_id": item.id, "output_index": 0, "call_id": call_id}
+        ids = {"response_id": response.id, "item_id": item.id, "output_index": index, "call_id": call_id}
         await self.emit("response.function_call_arguments.delta", **ids, delta=arguments)
-        await self.emit("response.function_call_arguments.done", **ids, name=turn.call, arguments=arguments)
+        await self.emit("response.function_call_arguments.done", **ids, name=name, arguments=arguments)
         done_item = dict(body, status="completed", arguments=arguments)
-        await self.emit("response.output_item.done", response_id=response.id, output_index=0, item=done_item)
+        await self.emit(
+            "response.output_item.done", response_id=response.id, output_index=index, item=done_item
+        )
         await self.emit("conversation.item.done", item=done_item, previous_item_id=previous)
-        await self._done(response, [done_item], len(arguments) // 4, 0)
+        return done_item
 
     # -- remote MCP
 
