@@ -251,6 +251,8 @@ async def run(args: argparse.Namespace) -> int:
         return Exit.USAGE
     masker = SecretMasker(settings.secrets())
     configure_logging("INFO" if args.verbose else "WARNING", "text", masker)
+    for warning in settings.warnings:  # what the server would log at start (a deprecated model…)
+        print(f"warning: {warning}")
     per_call = settings.call_config("demo-bot", {})
     print(f"Connector -> {describe_backend(per_call, settings, sim)}")
     app = App(settings, masker=masker)

@@ -98,6 +98,7 @@ async def test_the_demo_fails_loudly_and_writes_no_wav_when_the_model_is_unreach
         and "(model gpt-realtime, voice cedar)" in out
     )
     assert "demo: the call failed: the connector ended the call: disconnect error" in err
+    assert "warning: OPENAI_MODEL (environment): " in out and "2027-01-20" in out  # as the server warns
     assert "Traceback" not in err
     assert not (tmp_path / "bot.wav").exists()
     assert "sk-test-not-a-real-key" not in out + err
@@ -135,6 +136,7 @@ def test_settings_are_the_servers_with_only_the_demos_own_on_top():
         ({"OPENAI_MODEL": "gpt-live-1"}, "the local OpenAI GPT-Live simulator"),
         ({"AI_VENDOR": "azure", "OPENAI_API": "live"}, "the local Azure OpenAI GPT-Live simulator"),
         ({"AI_VENDOR": "azure"}, "the local Azure OpenAI Realtime simulator"),
+        ({"AI_VENDOR": "gemini"}, "the local Gemini Live simulator"),
     ],
 )
 async def test_the_demo_chooses_the_backend_like_the_server_with_no_account(tmp_path, env, expected):
