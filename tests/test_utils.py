@@ -102,3 +102,41 @@ def test_release_frames_breaks_the_cycle_of_an_exception_held_by_its_own_frame()
         assert not [o for o in gc.get_objects() if isinstance(o, Marker)]
     finally:
         gc.enable()
+
+
+async def test_cancel_and_wait_never_swallows_the_waiters_own_cancellation():
+    import asyncio
+
+    from utils import cancel_and_wait
+
+    async def slow_to_stop():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # cleaning up
+            raise
+
+    async def closer(task):
+        await cancel_and_wait(task)
+        return "went on after being cancelled"  # the defect this guards against
+
+    task = asyncio.create_task(slow_to_stop())
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(closer(task))
+    await asyncio.sleep(0.05)
+    waiter.cancel()  # the caller hangs up while the close is in progress
+    done, _ = await asyncio.wait([waiter], timeout=2)
+    assert waiter in done and waiter.cancelled()
+    await asyncio.wait([task], timeout=2)
+    assert task.cancelled()
+
+
+async def test_cancel_and_wait_absorbs_the_tasks_own_cancellation_and_frees_it():
+    import asyncio
+
+    from utils import cancel_and_wait
+
+    task = asyncio.create_task(asyncio.Event().wait())
+    await asyncio.sleep(0)
+    await cancel_and_wait(task)  # no CancelledError here: it was the task's own
+    assert task.cancelled()
