@@ -36,22 +36,47 @@ def make_settings(**env: str):
     return dataclasses.replace(load_settings(base), port=0)
 
 
-@pytest.fixture
-async def realtime():
-    """Start Realtime simulators that validate every event both ways; stopped at the end."""
-    from simulators.realtime_simulator import RealtimeSimulator
-
+async def _simulators(make):
+    """Yield a starter of strict model simulators (they validate what they send too); each one
+    started is stopped at the end of the test."""
     sims = []
 
     async def start(script=None, **kwargs):
         kwargs.setdefault("validate_server", True)
-        sim = await RealtimeSimulator(script, **kwargs).start()
+        sim = await make(script, **kwargs).start()
         sims.append(sim)
         return sim
 
     yield start
     for sim in sims:
         await sim.stop()
+
+
+@pytest.fixture
+async def realtime():
+    """Start Realtime simulators."""
+    from simulators.realtime_simulator import RealtimeSimulator
+
+    async for start in _simulators(RealtimeSimulator):
+        yield start
+
+
+@pytest.fixture
+async def live():
+    """Start GPT-Live simulators."""
+    from simulators.live_simulator import LiveSimulator
+
+    async for start in _simulators(LiveSimulator):
+        yield start
+
+
+@pytest.fixture
+async def gemini():
+    """Start Gemini Live simulators."""
+    from simulators.gemini_simulator import GeminiSimulator
+
+    async for start in _simulators(GeminiSimulator):
+        yield start
 
 
 @pytest.fixture

@@ -40,22 +40,6 @@ TOKEN_VARIABLES = {
 
 
 @pytest.fixture
-async def gemini():
-    """Start strict Gemini simulators that validate what they send too; stopped at the end."""
-    sims: list[GeminiSimulator] = []
-
-    async def start(script: Script | None = None, **kwargs: Any) -> GeminiSimulator:
-        kwargs.setdefault("validate_server", True)
-        sim = await GeminiSimulator(script, **kwargs).start()
-        sims.append(sim)
-        return sim
-
-    yield start
-    for sim in sims:
-        await sim.stop()
-
-
-@pytest.fixture
 async def connector(start_app, gemini):
     """A connector whose calls go to a fresh Gemini simulator: returns (app, simulator)."""
 

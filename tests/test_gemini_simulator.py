@@ -224,22 +224,6 @@ def test_server_messages_are_validated_too():
 # -- over a socket ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def gemini():
-    """Start Gemini simulators that validate everything they send too; stopped at the end."""
-    sims: list[GeminiSimulator] = []
-
-    async def start(script: Script | None = None, **kwargs: Any) -> GeminiSimulator:
-        kwargs.setdefault("validate_server", True)
-        sim = await GeminiSimulator(script, **kwargs).start()
-        sims.append(sim)
-        return sim
-
-    yield start
-    for sim in sims:
-        await sim.stop()
-
-
 async def client(sim: GeminiSimulator, url: str | None = None, **headers: str) -> ClientConnection:
     return await connect(url or sim.url, additional_headers={**KEY, **headers}, ping_interval=None)
 

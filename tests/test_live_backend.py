@@ -45,22 +45,6 @@ MCP_CRM = {
 
 
 @pytest.fixture
-async def live():
-    """Start GPT-Live simulators that validate every event both ways; stopped at the end."""
-    sims: list[LiveSimulator] = []
-
-    async def start(script: Script | None = None, **kwargs: Any) -> LiveSimulator:
-        kwargs.setdefault("validate_server", True)
-        sim = await LiveSimulator(script, **kwargs).start()
-        sims.append(sim)
-        return sim
-
-    yield start
-    for sim in sims:
-        await sim.stop()
-
-
-@pytest.fixture
 async def connected(start_app, live):
     """A connector whose calls go to a fresh GPT-Live simulator: returns (app, simulator)."""
 

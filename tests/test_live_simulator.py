@@ -308,22 +308,6 @@ def test_commentary_heuristic_the_connector_texts_follow():
 # -- over a socket ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def live():
-    """Start GPT-Live simulators that validate every event both ways; stopped at the end."""
-    sims: list[LiveSimulator] = []
-
-    async def start(script: Script | None = None, **kwargs: Any) -> LiveSimulator:
-        kwargs.setdefault("validate_server", True)
-        sim = await LiveSimulator(script, **kwargs).start()
-        sims.append(sim)
-        return sim
-
-    yield start
-    for sim in sims:
-        await sim.stop()
-
-
 async def client(sim: LiveSimulator, url: str | None = None, **headers: str) -> ClientConnection:
     if "api-key" not in headers:
         headers.setdefault("Authorization", "Bearer sk-test")
