@@ -16,6 +16,7 @@ tools, bot-turn reports) lives in one TaskGroup, so all of them end with the cal
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -67,7 +68,7 @@ from model_backend import (
     UtteranceStarted,
 )
 from playout import Interruption
-from utils import release_frames, ulaw_rms
+from utils import cancel_and_wait, release_frames, ulaw_rms
 
 log = logging.getLogger("bridge")
 
@@ -77,6 +78,7 @@ LIMIT_CHECK_SECONDS = 1.0
 TOOLS_READY_WAIT = 3.0  # the first session waits this long for Data Action schemas
 FINISH_WAIT_SECONDS = 3.0  # an orderly end of the model session (final usage) before `disconnect`
 REPLAY_SECONDS = 5.0  # caller audio kept to replay an utterance a dropped socket cut
+START_LIMIT_SECONDS = 10.0  # a socket that has not confirmed its session by then is a failed attempt
 # Caller audio this loud counts as speech for the idle timer, for backends that do not say when
 # the caller speaks (16-bit RMS; the model simulators' voice detection uses the same level).
 SPEECH_RMS = 600
@@ -189,8 +191,11 @@ class CallBridge:
         self._handover: object | None = None  # what the next socket may resume from
         self._resume = False  # work was lost with a socket: the next one is asked to go on
         self._late_notes: list[str] = []  # tool results for a replaced socket
+        self._late_inputs: list[str] = []  # keyed digits while no socket took them
+        self._farewell_asked_on = 0  # the socket already asked for the farewell
         self._tools_ready = asyncio.Event()
         self._tools_running = 0
+        self._tools_by_socket: collections.Counter[int] = collections.Counter()  # running, per asking socket
         self._digit_turns = 0
         self._speech_ended_at: float | None = None  # for the time to first bot audio
         self._buffer_full_warned = False
@@ -225,6 +230,7 @@ class CallBridge:
             release_frames(failed)
             reason = str(failed.exceptions[0])
             log.warning("call failed: %s", reason)
+            await self._detach()  # no caller audio to a failed socket while Genesys closes
             await self.link.disconnect("error", reason, self.output_variables(reason))
         finally:
             self._tg = None
@@ -321,21 +327,45 @@ class CallBridge:
                 )
             )
             self._attach(session)
-            end = await session.run(self.on_event, self._quiet)
+            end = await self._run_session(session, budget)
             healthy = session.healthy
             last_error = session.last_error()
             self._handover = session.handover()
             await self._detach()
-            self.metrics.openai_reconnects.labels(end.value).inc()
+            self.metrics.openai_reconnects.labels((end or SessionEnd.DROPPED).value).inc()
             if healthy and budget.in_outage:
                 log.info("%s session restored after %d failed attempts", self.label, budget.healthy())
             if end is SessionEnd.RECYCLED:
                 log.info("moving to a new %s session at a quiet moment", self.label)
                 continue
+            if self.outcome is not None and self._farewell_done.is_set():
+                return  # the goodbye is said: the ending needs no new socket
             if not healthy:
                 self.metrics.openai_attempts.labels("failed_early").inc()
-            what = f"{self.label} closed the session ({last_error or 'no error given'})"
+            if end is None:
+                what = f"{self.label} did not confirm the session within the start limit"
+            else:
+                what = f"{self.label} closed the session ({last_error or 'no error given'})"
             await self._back_off(budget, f"{self.label} connection lost" if healthy else what)
+
+    async def _run_session(self, session: ModelSession, budget: ReconnectBudget) -> SessionEnd | None:
+        """Run the session to its end; None when it did not confirm (`Ready`) within the start
+        limit or what is left of the outage's budget: an accepted socket that stalls is a failed
+        attempt, never a call held in silence."""
+        deadline = asyncio.timeout(min(START_LIMIT_SECONDS, max(0.5, budget.remaining())))
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, Ready):
+                deadline.reschedule(None)
+            self.on_event(event)
+
+        try:
+            async with deadline:
+                return await session.run(on_event, self._quiet)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+        return None
 
     async def _back_off(self, budget: ReconnectBudget, what: str) -> None:
         """Wait before the next attempt of this outage; CallFailed once its budget is spent."""
@@ -392,15 +422,19 @@ class CallBridge:
         assert session is not None
         resume, self._resume = self._resume, False
         notes, self._late_notes = self._late_notes, []
+        inputs, self._late_inputs = self._late_inputs, []
         if self.outcome is not None:
-            if not self._farewell_done.is_set():
+            if not self._farewell_done.is_set() and self._farewell_asked_on != self.socket:
+                self._farewell_asked_on = self.socket
                 session.farewell(self.outcome.farewell)
             return
         for note in notes:
             session.note(note)
+        for text in inputs:
+            self._send_input(text)
         if not self._greeted and self.call.greeting:
             session.say("greeting", f'Greet the caller now, saying: "{self.call.greeting}"')
-        elif resume and not notes:
+        elif resume and not notes and not inputs:
             session.note("The connection was restored. Go on from where the conversation was.")
         self._greeted = True
 
@@ -544,15 +578,23 @@ class CallBridge:
             return
         log.warning("the model called an unknown tool %r", call.name[:64])
         self.metrics.tool_calls.labels("unknown", "error").inc()
-        session.tool_result(call.call_id, json.dumps({"error": f"there is no tool named {call.name}"}))
+        result = json.dumps({"error": f"there is no tool named {call.name}"})
+        session.tool_result(call.call_id, result, respond=self._may_respond(self.socket))
+
+    def _may_respond(self, socket: int) -> bool:
+        """The model goes on once the last tool its socket is running has answered (one answer
+        for a batch, seeing every result), and never once the call is ending: the goodbye is
+        the last thing said."""
+        return self._tools_by_socket[socket] == 0 and self.outcome is None
 
     async def _run_tool(self, call: ToolCall) -> None:
         """A Data Action, off the reader; a holding phrase if it is slow; then the model goes on."""
         assert self.data_tools is not None
-        self._tools_running += 1
         started = self.link.now()
         socket = self.socket
-        work = asyncio.ensure_future(self.data_tools.run(call.name, call.arguments))
+        self._tools_running += 1
+        self._tools_by_socket[socket] += 1
+        work = asyncio.create_task(self.data_tools.run(call.name, call.arguments), name=f"run-{call.name}")
         try:
             filler_after = self.settings.tool_filler_after_ms / 1000
             if filler_after > 0:
@@ -561,15 +603,16 @@ class CallBridge:
                     self.session.say("filler", FILLER)
             output, ok = await work
         finally:
-            work.cancel()
+            await cancel_and_wait(work)
             self._tools_running -= 1
+            self._tools_by_socket[socket] -= 1
         self.metrics.tool_calls.labels(call.name, "ok" if ok else "error").inc()
         self.metrics.tool_latency.labels(call.name).observe(self.link.now() - started)
         if self.session is not None and self.socket == socket:
-            # The model goes on once the last of the tools running has answered: one answer
-            # for a batch of calls, seeing every result.
-            self.session.tool_result(call.call_id, output, respond=self._tools_running == 0)
+            self.session.tool_result(call.call_id, output, respond=self._may_respond(socket))
             return
+        if self.outcome is not None:
+            return  # the replaced socket's result would only make the model speak after its goodbye
         # The socket that asked was replaced and never saw this result: tell the current one (or
         # the next) what the tool returned.
         note = f"The tool {call.name}, called before a reconnection, returned: {output}"
@@ -585,11 +628,13 @@ class CallBridge:
         if self.outcome is not None:
             return
         self.outcome = outcome
-        if outcome.escalate:
-            log.info("ending the call with escalation: %s", outcome.reason)
-        else:
-            log.info("ending the call: %s", outcome.summary or "-")
+        # The reason and summary are the model's words about the caller: customer data.
+        text = outcome.reason if outcome.escalate else outcome.summary
+        kind = "with escalation" if outcome.escalate else "completed"
+        log.info("ending the call (%s; %d characters of text)", kind, len(text or ""))
+        log.debug("ending text: %s", text or "-")
         if self.session is not None:
+            self._farewell_asked_on = self.socket
             self.session.farewell(outcome.farewell, call_id, json.dumps({"ok": True}))
         self._spawn(self._end_call(), "ending")
 
@@ -633,7 +678,9 @@ class CallBridge:
             if self.session is not None:
                 self.session.tick()
             self._limits_wake.clear()
-            wait = max(0.01, min(self.limits.next_check() - now, LIMIT_CHECK_SECONDS))
+            # Paused, a limit already due waits for `resumed` (which wakes this loop), not in a spin.
+            due_in = LIMIT_CHECK_SECONDS if self.paused else self.limits.next_check() - now
+            wait = max(0.01, min(due_in, LIMIT_CHECK_SECONDS))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._limits_wake.wait()
@@ -655,11 +702,16 @@ class CallBridge:
             return  # the call is ending
         text = dtmf_message(digits)
         log.debug("caller keyed %s", digits)
+        if self.session is None:
+            # Given to the next socket once it is ready: a resumed session gets no history.
+            self._late_inputs.append(text)
+            return
+        self._send_input(text)
+
+    def _send_input(self, text: str) -> None:
+        assert self.session is not None
         self._digit_turns += 1
         self.transcript.text("user", text, key=f"keypad-{self._digit_turns}")
-        if self.session is None:
-            self._resume = True  # the restored history carries the digits
-            return
         self.session.user_input(text)
 
 

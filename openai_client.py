@@ -461,6 +461,7 @@ class RealtimeSession:
         self._summary: asyncio.Future[str | None] | None = None
         self._mcp_items: dict[str, str] = {}  # MCP item id -> "label" or "label/tool", for logs
         self._buffer_full_warned = False
+        self._own_audio_bytes = 0  # silence we appended, not the caller's (a pause)
 
     def begin(self, start: SessionStart) -> None:
         """The first frames: the configuration, and the conversation so far on a replacement."""
@@ -490,12 +491,13 @@ class RealtimeSession:
 
     def note(self, text: str) -> None:
         self.socket.send(system_text(text, self.new_id("t")))
-        self._request()
+        if not self.gate.turns_locked:  # after the goodbye nothing more is said
+            self._request()
 
     def tool_result(self, call_id: str, output: str, *, respond: bool = True) -> None:
         self.socket.send(function_output(call_id, output))
         self.gate.discard("filler")  # the holding phrase is not needed any more
-        if respond:
+        if respond and not self.gate.turns_locked:
             self._request()
 
     def farewell(self, instructions: str, call_id: str | None = None, output: str | None = None) -> None:
@@ -532,6 +534,7 @@ class RealtimeSession:
         utterance that will not come."""
         if self.gate.caller_speaking:
             self.send_audio(ULAW_SILENCE * PAUSE_SILENCE_BYTES)
+            self._own_audio_bytes += PAUSE_SILENCE_BYTES
 
     def update_tools(self, spec: CallSpec) -> None:
         """Data Actions became ready after the session started."""
@@ -646,10 +649,17 @@ class RealtimeSession:
 
     def on_speech_started(self, event: dict[str, Any]) -> None:
         self.gate.speech_started()
-        if self.gate.active is not None and not self.gate.turns_locked:
-            self._stale.add(self.gate.active)  # server VAD cancels it: drop its late deltas
+        if not self.gate.turns_locked:
+            if self.gate.active is not None:
+                self._stale.add(self.gate.active)  # server VAD cancels it: drop its late deltas
+            if self.gate.in_flight is not None and self.gate.in_flight.plain:
+                # Asked for before the caller began: it would start over them, so it is cancelled
+                # once created, and turn detection answers when they stop.
+                self.gate.in_flight.cancel = True
         start_ms = event.get("audio_start_ms")
-        self._events(CallerSpeechStarted(start_ms * 8 if _number(start_ms) else None))
+        # The offset is in the caller's audio: the silence we appended ourselves is not theirs.
+        offset = start_ms * 8 - self._own_audio_bytes if _number(start_ms) else None
+        self._events(CallerSpeechStarted(offset))
 
     def on_speech_stopped(self, event: dict[str, Any]) -> None:
         self._send_request(self.gate.speech_stopped(self.clock()))

@@ -149,7 +149,7 @@ class SessionFailure:
 
     error_code: str | None = "server_error"
     after: str = "created"  # or "updated"
-    close_code: int = 1011
+    close_code: int | None = 1011  # None: the socket stays open after the error
     sessions: int | None = None  # how many sessions fail; None: every one
 
 
@@ -182,6 +182,7 @@ class RealtimeSimulator:
         self.refuse_next = 0  # answer the next N connection attempts with HTTP 503
         self.refuse_all = False
         self.connect_delay = 0.0
+        self.mute_next = 0  # accept the next N sockets and then say nothing at all (no session.created)
         self.drop_on: Callable[[dict[str, Any]], bool] | None = None  # drop the socket on a match
         self.response_delay = 0.05  # first delta this long after response.created
         self.keep_audio = True  # False: audio is not kept per session (long or large runs)
@@ -291,6 +292,11 @@ class RealtimeSimulator:
                 },
             )
             await ws.close(4000, "beta_api_shape_disabled")
+            return
+        if self.mute_next > 0:
+            self.mute_next -= 1
+            async for _ in ws:  # read (and so answer a close) but never say anything
+                pass
             return
         await session.run()
 
@@ -497,6 +503,9 @@ class SimSession:
                     "event_id": None,
                 },
             )
+        if failure.close_code is None:
+            await self.ws.wait_closed()
+            return
         await self.ws.close(failure.close_code, failure.error_code or "")
 
     async def _session_limit(self) -> None:

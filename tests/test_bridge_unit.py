@@ -4,7 +4,9 @@ fake socket records the client events that would go out. No sockets, no event lo
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import time
 
@@ -13,7 +15,7 @@ from conftest import make_settings
 
 from call_bridge import CallBridge
 from metrics import Metrics
-from model_backend import ModelFailed, SessionStart, Utterance
+from model_backend import ModelFailed, SessionStart, ToolCall, Utterance
 from openai_client import RealtimeBackend, RealtimeSession
 from playout import Cut, Interruption
 
@@ -339,3 +341,157 @@ def test_every_id_the_session_creates_is_at_most_32_characters():
         e["item"].get("id") for e in socket.of("conversation.item.create")
     ]
     assert ids and all(len(i) <= 32 for i in ids if i)
+
+
+# -- the second review: the core across sockets and at the end -----------------------------------
+
+
+def attach_another(bridge: CallBridge) -> tuple[RealtimeSession, FakeSocket]:
+    """The next socket of the same call, confirmed (as after a reconnect)."""
+    socket = FakeSocket()
+    session = RealtimeSession(
+        socket,
+        bridge.backend.model,
+        clock=bridge.link.now,
+        approval=bridge.backend.approval,
+        metrics=Metrics(),
+    )
+    session.begin(SessionStart(bridge.spec, bridge.socket + 1))
+    bridge._attach(session)
+    session._events = bridge.on_event
+    socket.sent.clear()
+    session.handle(
+        {"type": "session.updated", "session": {"audio": {"output": {"format": {"type": "audio/pcmu"}}}}}
+    )
+    return session, socket
+
+
+def test_the_farewell_is_asked_for_once_on_a_socket_even_if_it_confirms_after_the_ending_began(pair):
+    from call_control import limit_outcome
+
+    bridge, session, socket = pair
+    bridge.finish(limit_outcome("the call reached its maximum length"))
+    bridge._on_ready()  # the same socket says it is ready (a limit during a reconnect)
+    locks = [e for e in socket.of("session.update") if e["event_id"].startswith("cx1lock")]
+    assert len(locks) == 1
+    assert session.gate.queued is None  # no second goodbye waiting for the first
+
+
+def test_digits_keyed_while_no_socket_is_attached_reach_the_next_one_as_user_input(pair):
+    bridge, _session, _socket = pair
+    bridge.session = None  # the socket dropped; the next one resumes, with no history sent
+    bridge.on_dtmf("4")
+    bridge.on_dtmf("2")
+    bridge.on_dtmf("#")
+    _new, socket = attach_another(bridge)
+    texts = [
+        part["text"]
+        for e in socket.of("conversation.item.create")
+        if e["item"]["role"] == "user"
+        for part in e["item"]["content"]
+    ]
+    assert texts == ["The caller entered 4 2 on the keypad."]
+    assert [t for t in bridge.transcript.turns() if "4 2" in t[1]] == [("user", texts[0])]
+
+
+def test_an_answer_asked_for_before_the_caller_began_is_cancelled_once_created(pair):
+    _bridge, session, socket = pair
+    session.tool_result("call_1", "{}")
+    (request,) = socket.of("response.create")
+    session.handle(speech_started())  # the caller starts before the response exists
+    metadata = request["response"]["metadata"]
+    session.handle(created("resp_1", metadata=metadata))
+    assert [e.get("response_id") for e in socket.of("response.cancel")] == ["resp_1"]
+
+
+def test_the_silence_closing_a_paused_turn_is_not_counted_as_the_caller_s_audio(pair):
+    bridge, session, _socket = pair
+    bridge.on_audio(b"\x10" * 8000)
+    session.handle(speech_started())
+    bridge.on_pause()  # the caller was speaking: the session closes their turn with silence
+    bridge.on_resume()
+    bridge.on_audio(b"\x10" * 4000)
+    session.handle({**speech_started(), "audio_start_ms": (8000 + 6400 + 800) // 8})
+    assert bridge._speech_start_byte == 8000 + 800  # where it is in what the caller sent
+
+
+class SlowTools:
+    """Data Actions that answer when the test says so."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, asyncio.Future[tuple[str, bool]]] = {}
+
+    def handles(self, name: str) -> bool:
+        return name.startswith("genesys_data_action_")
+
+    async def run(self, name: str, raw_arguments: str) -> tuple[str, bool]:
+        self.answers[name] = asyncio.get_running_loop().create_future()
+        return await self.answers[name]
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_tool_still_running_for_a_replaced_socket_does_not_hold_the_new_socket_s_answer():
+    bridge, _session, _socket = attached()
+    tools = SlowTools()
+    bridge.data_tools = tools
+    async with asyncio.TaskGroup() as tg:
+        bridge._tg = tg
+        bridge.on_event(ToolCall("call_a", "genesys_data_action_slow", "{}"))
+        await settle()
+        _new, socket = attach_another(bridge)  # socket 1 dropped with the slow tool running
+        bridge.on_event(ToolCall("call_b", "genesys_data_action_fast", "{}"))
+        await settle()
+        tools.answers["genesys_data_action_fast"].set_result(('{"ok": true}', True))
+        await settle()
+        assert len(socket.of("response.create")) == 1  # the model answers the fast result now
+        tools.answers["genesys_data_action_slow"].set_result(('{"ok": true}', True))
+        await settle()
+    bridge._tg = None
+
+
+async def test_a_tool_result_after_the_ending_began_never_asks_for_another_answer():
+    from call_control import outcome_from_tool
+
+    bridge, session, socket = attached()
+    tools = SlowTools()
+    bridge.data_tools = tools
+    async with asyncio.TaskGroup() as tg:
+        bridge._tg = tg
+        bridge.on_event(ToolCall("call_a", "genesys_data_action_slow", "{}"))
+        await settle()
+        bridge._tg = None  # the ending's own tasks (summary, disconnect) are not this test's
+        bridge.finish(outcome_from_tool("end_conversation_successfully", {"summary": "done"}))
+        tools.answers["genesys_data_action_slow"].set_result(('{"ok": true}', True))
+        await settle()
+    outputs = [
+        e["item"]["call_id"]
+        for e in socket.of("conversation.item.create")
+        if e["item"]["type"] == "function_call_output"
+    ]
+    assert outputs == ["call_a"]  # the model's conversation gets the result all the same
+    assert [purpose_of(e) for e in socket.of("response.create")] == ["farewell"]
+    assert session.gate.queued is None
+
+
+def purpose_of(event: dict) -> str | None:
+    return ((event.get("response") or {}).get("metadata") or {}).get("purpose")
+
+
+async def test_limits_do_not_spin_while_the_stream_is_paused_past_the_maximum_length():
+    settings = make_settings(MAX_CALL_DURATION_SECONDS="1")
+    bridge, session, _socket = attached(settings)
+    ticks = []
+    session.tick = lambda: ticks.append(1)
+    bridge.link.clock = 5.0  # past the maximum length
+    bridge.on_pause()
+    watcher = asyncio.create_task(bridge._watch_limits())
+    await asyncio.sleep(0.3)
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    assert bridge.outcome is None  # no farewell into a paused stream
+    assert len(ticks) <= 2
