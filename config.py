@@ -95,11 +95,13 @@ _LIVE_MODEL = re.compile(r"^gpt-live[a-z0-9.-]*$")
 @dataclass(frozen=True)
 class ModelGuard:
     """The deprecation guard: before a model's announced shutdown a warning, from that day on
-    its replacement (unless migration is off). `today` is injected so tests can stand on both
-    sides of the date."""
+    its replacement (unless migration is off). `today` is asked on every check, so a process
+    that runs across a shutdown date stops dialling the model that day; tests inject a clock."""
 
-    today: datetime.date
+    today: Callable[[], datetime.date] = datetime.date.today
     migrate: bool = True
+    # Models whose shutdown has been logged: a date passed mid-run is one line, not one per call.
+    _told: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     def check(self, model: str) -> tuple[str, str | None]:
         """(the model to dial, a warning to log or None)."""
@@ -108,11 +110,22 @@ class ModelGuard:
             return model, None
         shutdown, replacement = known
         when = shutdown.isoformat()
-        if self.today < shutdown:
+        if self.today() < shutdown:
             return model, f"OpenAI shuts {model} down on {when}; its replacement is {replacement}"
         if not self.migrate:
             return model, f"{model} was shut down on {when} and MODEL_MIGRATION is off: dialling it anyway"
         return replacement, f"{model} was shut down on {when}; using {replacement} instead"
+
+    def is_shut_down(self, model: str) -> bool:
+        known = MODEL_SHUTDOWNS.get(model)
+        return known is not None and self.today() >= known[0]
+
+    def first_told(self, model: str) -> bool:
+        """True the first time only: whether this model's shutdown is still to be logged."""
+        if model in self._told:
+            return False
+        self._told.add(model)
+        return True
 
 
 def _max_output_tokens(value: str) -> int | str:
@@ -329,6 +342,7 @@ def resolve_call_config(
     values.update(profile or {})
     configured = dict(values)  # what the deployment chose, for a refused input variable
     explicit = {k.name for k in CALL_KEYS if k.attr in defaults or k.attr in (profile or {})}
+    models = _configured_models(defaults, profile or {}, connector_id)
     for key in CALL_KEYS:
         if key.name not in input_variables:
             continue
@@ -340,11 +354,14 @@ def resolve_call_config(
             explicit.add(key.name)
         except ValueError as exc:
             log.warning("input variable %s is not %s; using %r", key.name, exc, values[key.attr])
+            continue
+        if key.name == "OPENAI_MODEL":
+            models.insert(0, _ModelChoice("input variable OPENAI_MODEL", values["model"], None))
     if values["vendor"] not in vendors:
         log.warning("input variable AI_VENDOR names %s, which has no credentials here; using %s",
                     values["vendor"], configured["vendor"])  # fmt: skip
         values["vendor"] = configured["vendor"]
-    _choose_api_and_model(values, configured, guard or ModelGuard(datetime.date.today()))
+    _choose_api_and_model(values, models, guard or ModelGuard())
     _check_voices(values, configured)
     for name in IGNORED_INPUT_VARIABLES & input_variables.keys():
         log.info("input variable %s is ignored: the GA Realtime API has no temperature", name)
@@ -354,17 +371,58 @@ def resolve_call_config(
     return CallConfig(**values, connector_id=connector_id)
 
 
-def _choose_api_and_model(values: dict[str, Any], configured: dict[str, Any], guard: ModelGuard) -> None:
-    """`OPENAI_API=auto` by the model's name; the Live default when a Live call names no Live
-    model; a malformed OpenAI model name from Architect refused (Azure deployment names are free
-    form); the deprecation guard for OpenAI's own Realtime models."""
-    model, vendor = values["model"], values["vendor"]
-    if vendor == "openai" and model is not None and model != configured["model"]:
-        if not (_REALTIME_MODEL.match(model) or _LIVE_MODEL.match(model)):
-            log.warning(
-                "input variable OPENAI_MODEL is not a Realtime or GPT-Live model name; using the default"
-            )
-            model = configured["model"]
+@dataclass(frozen=True)
+class _ModelChoice:
+    """An `OPENAI_MODEL` value and the vendor it was set for (None: the call's own, as an
+    Architect input variable is)."""
+
+    source: str  # for log lines
+    model: str
+    vendor: str | None
+
+    def meant_for(self, vendor: str) -> bool:
+        # OPENAI_MODEL is an OpenAI model name for `openai` and a deployment name for `azure`: a
+        # value set for one is not the other's. Set beside Gemini, whose model is GEMINI_MODEL, it
+        # can only be meant for OpenAI or Azure.
+        return self.vendor in (None, vendor, "gemini")
+
+
+def _configured_models(
+    defaults: Mapping[str, Any], profile: Mapping[str, Any], connector_id: str | None
+) -> list[_ModelChoice]:
+    """The profile's and the environment's OPENAI_MODEL, nearest first, each with the vendor in
+    effect where it was set."""
+    env_vendor = defaults.get("vendor", "openai")
+    layers = [
+        (f"profile {connector_id}", profile, profile.get("vendor", env_vendor)),
+        ("environment", defaults, env_vendor),
+    ]
+    return [
+        _ModelChoice(f"OPENAI_MODEL ({where})", layer["model"], vendor)
+        for where, layer, vendor in layers
+        if layer.get("model")
+    ]
+
+
+def _is_openai_model_name(model: str) -> bool:
+    return bool(_REALTIME_MODEL.match(model) or _LIVE_MODEL.match(model))
+
+
+def _choose_api_and_model(values: dict[str, Any], models: list[_ModelChoice], guard: ModelGuard) -> None:
+    """The nearest OPENAI_MODEL set for the call's vendor (an input variable switching vendor
+    does not inherit the other vendor's model); for OpenAI only a Realtime or GPT-Live model
+    name, wherever it was set (Azure deployment names are free form); `OPENAI_API=auto` by the
+    model's name; the API's default when no model fits; the deprecation guard for OpenAI's own
+    Realtime models."""
+    vendor = values["vendor"]
+    chosen, refused = None, []
+    for choice in (m for m in models if m.meant_for(vendor)):
+        if vendor == "openai" and not _is_openai_model_name(choice.model):
+            refused.append(choice)
+            continue
+        chosen = choice
+        break
+    model = chosen.model if chosen else None
     api = values["api"]
     if api == "auto":
         api = "live" if model is not None and model.startswith("gpt-live") else "realtime"
@@ -373,12 +431,26 @@ def _choose_api_and_model(values: dict[str, Any], configured: dict[str, Any], gu
             model = DEFAULT_LIVE_MODEL
     elif model is None or (vendor == "openai" and _LIVE_MODEL.match(model)):
         model = DEFAULT_MODEL
-    if vendor == "openai" and api == "realtime":
-        chosen = model
-        model, warning = guard.check(model)
-        if warning and chosen != configured["model"]:  # the configured ones were warned of at start
-            log.warning("input variable OPENAI_MODEL: %s", warning)
+    if vendor == "openai" and api == "realtime" and chosen is not None and model == chosen.model:
+        model = _guarded(model, chosen, guard)
+    for choice in refused:
+        name = choice.model[:64]
+        log.warning("%s %r is not a Realtime or GPT-Live model name; using %s", choice.source, name, model)
     values["api"], values["model"] = api, model
+
+
+def _guarded(model: str, chosen: _ModelChoice, guard: ModelGuard) -> str:
+    """The model to dial today. A shutdown is logged once per process and model; a configured
+    model still to be shut down was warned of at start, an input variable's is on every call."""
+    dialled, warning = guard.check(model)
+    if warning is None:
+        return dialled
+    if guard.is_shut_down(model):
+        if guard.first_told(model):
+            log.warning("%s: %s", chosen.source, warning)
+    elif chosen.vendor is None:
+        log.warning("%s: %s", chosen.source, warning)
+    return dialled
 
 
 def _check_voices(values: dict[str, Any], configured: dict[str, Any]) -> None:
@@ -547,9 +619,10 @@ def _url_key(url: str) -> tuple[str, str, str, str]:
 
 
 def filter_mcp_allowed(
-    entries: Iterable[dict[str, Any]], allowed_urls: frozenset[str], where: str
+    entries: Iterable[dict[str, Any]], allowed_urls: frozenset[str], where: str, warnings: list[str]
 ) -> tuple[dict[str, Any], ...]:
-    """With an allowlist, drop (one WARNING each) every entry whose `server_url` it does not list."""
+    """With an allowlist, drop every entry whose `server_url` it does not list, with one line
+    each in `warnings` (logged at start once logging is set up, printed by --check-config)."""
     if not allowed_urls:
         return tuple(entries)
     allowed = {_url_key(u) for u in allowed_urls}
@@ -558,10 +631,8 @@ def filter_mcp_allowed(
         if _url_key(str(entry.get("server_url", ""))) in allowed:
             kept.append(entry)
         else:
-            log.warning(
-                "MCP server %s (%s) dropped: not in MCP_ALLOWED_SERVER_URLS",
-                entry.get("server_label"),
-                where,
+            warnings.append(
+                f"MCP server {entry.get('server_label')} ({where}) dropped: not in MCP_ALLOWED_SERVER_URLS"
             )
     return tuple(kept)
 
@@ -647,7 +718,7 @@ class Settings:
     gemini_live_url: str = GEMINI_LIVE_URL
     gemini_api_base_url: str = "https://generativelanguage.googleapis.com"
     gemini_summary_model: str = "gemini-2.5-flash"
-    model_guard: ModelGuard = field(default_factory=lambda: ModelGuard(datetime.date.today()))
+    model_guard: ModelGuard = field(default_factory=ModelGuard)
     vendors: frozenset[str] = frozenset({"openai"})  # the vendors with credentials
     warnings: tuple[str, ...] = ()  # for the log at start and --check-config
     placeholders: tuple[str, ...] = ()  # settings still holding the example file's placeholder
@@ -713,6 +784,8 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.report: list[tuple[str, str]] = []
+        # Found while reading, before logging is set up: logged at start, shown by --check-config.
+        self.warnings: list[str] = []
 
     def raw(self, name: str) -> str | None:
         value = self.env.get(name)
@@ -841,9 +914,13 @@ def parse_api_keys(raw: str, shared_secret: bytes | None) -> tuple[ApiKey, ...]:
     return tuple(keys)
 
 
-def load_profiles(path: str, allowed_mcp_urls: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
-    """`BOT_PROFILES_PATH`: a JSON object keyed by connector id, each a profile of per-call keys."""
+def load_profiles(
+    path: str, allowed_mcp_urls: frozenset[str] = frozenset(), warnings: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """`BOT_PROFILES_PATH`: a JSON object keyed by connector id, each a profile of per-call keys.
+    What the MCP allowlist drops is told in `warnings`."""
     name = "BOT_PROFILES_PATH"
+    warnings = [] if warnings is None else warnings
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -867,7 +944,9 @@ def load_profiles(path: str, allowed_mcp_urls: frozenset[str] = frozenset()) -> 
             except ValueError as exc:
                 raise ConfigError(f"{where}MCP_TOOLS {exc}") from None
             where_from = f"profile {connector_id}"
-            profiles[connector_id]["mcp_tools"] = filter_mcp_allowed(entries, allowed_mcp_urls, where_from)
+            profiles[connector_id]["mcp_tools"] = filter_mcp_allowed(
+                entries, allowed_mcp_urls, where_from, warnings
+            )
     return profiles
 
 
@@ -940,7 +1019,7 @@ def _mcp_settings(r: _Reader) -> McpSettings:
         except ValueError as exc:  # json.JSONDecodeError is a ValueError too
             raise ConfigError(f"{name} {exc}") from None
     allowed = frozenset(r.csv("MCP_ALLOWED_SERVER_URLS"))
-    entries = filter_mcp_allowed(entries, allowed, name)
+    entries = filter_mcp_allowed(entries, allowed, name, r.warnings)
     r.report.append(("MCP_TOOLS_JSON", describe_mcp(entries)))
     policy = r.choice("MCP_APPROVAL_POLICY", "deny", ("deny", "approve"))
     approved = frozenset(r.csv("MCP_APPROVED_TOOLS"))
@@ -949,7 +1028,7 @@ def _mcp_settings(r: _Reader) -> McpSettings:
             "MCP_APPROVAL_POLICY=approve needs MCP_APPROVED_TOOLS (tool or server_label:tool names)"
         )
     if entries and not enabled:
-        log.info("MCP servers are configured but ENABLE_MCP_TOOLS is false: not offered")
+        r.warnings.append("MCP servers are configured but ENABLE_MCP_TOOLS is false: not offered")
     return McpSettings(
         enabled=enabled,
         tools=entries if enabled else (),
@@ -1020,10 +1099,18 @@ def _start_warnings(
     for where, layer in [("environment", call_defaults), *((f"profile {k}", p) for k, p in profiles.items())]:
         vendor = layer.get("vendor", call_defaults.get("vendor", "openai"))
         model = layer.get("model")
+        if vendor == "openai" and model and not _is_openai_model_name(model):
+            # Refused at start, not on every call: a deployment's own setting is wrong.
+            raise ConfigError(
+                f"OPENAI_MODEL ({where}) must be a Realtime or GPT-Live model name for AI_VENDOR openai "
+                f"(got {model[:64]!r}); Azure deployment names go with AI_VENDOR azure"
+            )
         if vendor == "openai" and model:
             _, warning = guard.check(model)
             if warning:
                 found.append(f"OPENAI_MODEL ({where}): {warning}")
+            if guard.is_shut_down(model):
+                guard.first_told(model)  # said at start: not again at the first call
     return tuple(found)
 
 
@@ -1047,7 +1134,19 @@ def _look_alikes(env: Mapping[str, str], known: set[str]) -> list[str]:
     return found
 
 
-def load_settings(env: Mapping[str, str], *, today: datetime.date | None = None) -> Settings:
+def _clock(today: datetime.date | Callable[[], datetime.date] | None) -> Callable[[], datetime.date]:
+    """The guard's calendar: today's date, asked on every call; a test passes a fixed date or a
+    clock of its own."""
+    if today is None:
+        return datetime.date.today
+    if isinstance(today, datetime.date):
+        return lambda: today
+    return today
+
+
+def load_settings(
+    env: Mapping[str, str], *, today: datetime.date | Callable[[], datetime.date] | None = None
+) -> Settings:
     r = _Reader(env)
     debug = r.boolean("DEBUG", False)
     log_level = r.choice("LOG_LEVEL", "DEBUG" if debug else "INFO", LOG_LEVELS, upper=True)
@@ -1077,9 +1176,7 @@ def load_settings(env: Mapping[str, str], *, today: datetime.date | None = None)
     live_backend_model = r.string("OPENAI_LIVE_BACKEND_MODEL", "gpt-5.4-mini")
     summary_model = r.string("OPENAI_SUMMARY_MODEL", "gpt-5.4-mini")
     gemini_summary_model = r.string("GEMINI_SUMMARY_MODEL", "gemini-2.5-flash")
-    guard = ModelGuard(
-        today or datetime.date.today(), r.choice("MODEL_MIGRATION", "on", ("on", "off")) == "on"
-    )
+    guard = ModelGuard(_clock(today), r.choice("MODEL_MIGRATION", "on", ("on", "off")) == "on")
     reconnect = r.number("OPENAI_RECONNECT_SECONDS", 10.0, 0.5, 300.0)
     max_duration = r.number("MAX_CALL_DURATION_SECONDS", 3600.0, 1.0, 86_400.0)
     idle_timeout = r.number("IDLE_TIMEOUT_SECONDS", 120.0, 1.0, 86_400.0)
@@ -1095,7 +1192,7 @@ def load_settings(env: Mapping[str, str], *, today: datetime.date | None = None)
     call_defaults = r.call_defaults()
     call_defaults["mcp_tools"] = mcp.tools
     profiles_path = r.string("BOT_PROFILES_PATH")
-    profiles = load_profiles(profiles_path, mcp.allowed_server_urls) if profiles_path else {}
+    profiles = load_profiles(profiles_path, mcp.allowed_server_urls, r.warnings) if profiles_path else {}
     if not mcp.enabled:
         for profile in profiles.values():
             profile.pop("mcp_tools", None)
@@ -1130,7 +1227,7 @@ def load_settings(env: Mapping[str, str], *, today: datetime.date | None = None)
         gemini_summary_model=gemini_summary_model,
         model_guard=guard,
         vendors=credentials.available(),
-        warnings=(*_start_warnings(call_defaults, profiles, guard), *_look_alikes(env, known)),
+        warnings=(*r.warnings, *_start_warnings(call_defaults, profiles, guard), *_look_alikes(env, known)),
         placeholders=tuple(_placeholders(env, known)),
         max_call_duration_seconds=max_duration,
         idle_timeout_seconds=idle_timeout,

@@ -90,7 +90,8 @@ def _forms(secret: str) -> set[str]:
 
 class RefusalLog:
     """One WARNING per reason every `interval` seconds, saying how many were left unlogged: a
-    flood of bad requests must not flood the log."""
+    flood of bad requests must not flood the log. `flush()`, called periodically, tells the count
+    a flood left behind once its interval is over, even if no refusal of that reason follows."""
 
     def __init__(
         self, logger: logging.Logger, interval: float = 5.0, clock: Callable[[], float] = time.monotonic
@@ -99,19 +100,34 @@ class RefusalLog:
         self.interval = interval
         self.clock = clock  # reasons are a small fixed set: the two maps stay small
         self._last: dict[str, float] = {}
-        self._quiet: dict[str, int] = {}
+        # reason -> (how many were held back, the latest of them: message and arguments)
+        self._quiet: dict[str, tuple[int, str, tuple[object, ...]]] = {}
 
     def warning(self, reason: str, message: str, *args: object) -> None:
         now = self.clock()
         last = self._last.get(reason)
         if last is not None and now - last < self.interval:
-            self._quiet[reason] = self._quiet.get(reason, 0) + 1
+            held = self._quiet.get(reason, (0,))[0]
+            self._quiet[reason] = (held + 1, message, args)
             return
+        held = self._quiet.pop(reason, (0,))[0]
+        self._log(reason, now, held, message, args)
+
+    def flush(self) -> None:
+        """Log, for every reason whose interval is over, the latest refusal held back and how
+        many more there were."""
+        now = self.clock()
+        for reason, (held, message, args) in list(self._quiet.items()):
+            if now - self._last[reason] >= self.interval:
+                del self._quiet[reason]
+                self._log(reason, now, held - 1, message, args)
+
+    def _log(self, reason: str, now: float, more: int, message: str, args: tuple[object, ...]) -> None:
+        last = self._last.get(reason)
         self._last[reason] = now
-        quiet = self._quiet.pop(reason, 0)
-        if quiet:
-            message += f" (and {quiet} more in the last %.0f s)"
-            args = (*args, now - last if last is not None else self.interval)
+        if more:
+            message += " (and %d more in the last %.0f s)"
+            args = (*args, more, now - last if last is not None else self.interval)
         self.logger.warning(message, *args)
 
 

@@ -46,6 +46,7 @@ log = logging.getLogger("connector")
 WS_PREFIX = "/audiohook"
 MAX_WS_MESSAGE = 2**20  # far above AudioHook's 65,535 characters: oversize gets the protocol answer
 AUTH_FAILURE_DELAY = 0.5
+REFUSAL_FLUSH_SECONDS = 1.0  # how soon after its interval a flood's count of refusals is logged
 
 
 def connector_id_from_path(path: str) -> str | None:
@@ -228,6 +229,7 @@ class App:
         self._housekeeping = [
             asyncio.create_task(watch_loop_lag(self.metrics.loop_lag), name="loop-lag"),
             asyncio.create_task(collect_garbage(self.metrics.full_collections), name="gc"),
+            asyncio.create_task(self._flush_refusals(), name="refusal-log"),
         ]
         self.server = await serve(
             self.handle,
@@ -243,6 +245,13 @@ class App:
             server_header=None,
         )
         return self.server
+
+    async def _flush_refusals(self) -> None:
+        """The end of a flood leaves a count of refusals unlogged until a later one of the same
+        reason; this logs it once the reason's interval is over."""
+        while True:
+            await asyncio.sleep(REFUSAL_FLUSH_SECONDS)
+            self.refusals.flush()
 
     def _counted_connection(self) -> type[ServerConnection]:
         """Connections that count themselves while their upgrade is in progress, so that slow or

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import logging
 import os
@@ -250,6 +251,137 @@ def test_environment_model_is_a_free_configuration_string():
     assert load_settings(env(OPENAI_MODEL="gpt-live-1")).call_config(None, {}).model == "gpt-live-1"
 
 
+# -- switching vendor from Architect ---------------------------------------------------------
+
+CREDENTIALS = {
+    "AZURE_OPENAI_ENDPOINT": "https://acme.openai.azure.com",
+    "AZURE_OPENAI_API_KEY": "az",
+    "GEMINI_API_KEY": "g",
+}
+
+
+@pytest.mark.parametrize(
+    ("configured", "inputs", "expected"),
+    [
+        # azure -> openai: an Azure deployment name is not an OpenAI model.
+        ({"AI_VENDOR": "azure", "OPENAI_MODEL": "my-dep"}, {}, ("azure", "realtime", "my-dep")),
+        (
+            {"AI_VENDOR": "azure", "OPENAI_MODEL": "my-dep"},
+            {"AI_VENDOR": "openai"},
+            ("openai", "realtime", "gpt-realtime-2.1-mini"),
+        ),
+        (
+            {"AI_VENDOR": "azure", "OPENAI_MODEL": "my-dep", "OPENAI_API": "live"},
+            {"AI_VENDOR": "openai"},
+            ("openai", "live", "gpt-live-1"),
+        ),
+        (
+            {"AI_VENDOR": "azure", "OPENAI_MODEL": "my-dep"},
+            {"AI_VENDOR": "openai", "OPENAI_MODEL": "gpt-live-1.1"},
+            ("openai", "live", "gpt-live-1.1"),
+        ),
+        # openai -> azure: an OpenAI model name is not a deployment of this resource.
+        (
+            {"OPENAI_MODEL": "gpt-realtime-2.1"},
+            {"AI_VENDOR": "azure"},
+            ("azure", "realtime", "gpt-realtime-2.1-mini"),
+        ),
+        (
+            {"OPENAI_MODEL": "gpt-realtime-2.1"},
+            {"AI_VENDOR": "azure", "OPENAI_MODEL": "contoso-voice"},
+            ("azure", "realtime", "contoso-voice"),
+        ),
+        # gemini -> openai: OPENAI_MODEL set beside Gemini is for OpenAI or Azure, and checked.
+        (
+            {"AI_VENDOR": "gemini", "OPENAI_MODEL": "gpt-realtime-2.1"},
+            {"AI_VENDOR": "openai"},
+            ("openai", "realtime", "gpt-realtime-2.1"),
+        ),
+        (
+            {"AI_VENDOR": "gemini", "OPENAI_MODEL": "contoso-voice"},
+            {"AI_VENDOR": "openai"},
+            ("openai", "realtime", "gpt-realtime-2.1-mini"),
+        ),
+    ],
+)
+def test_an_input_variable_switching_vendor_does_not_inherit_the_other_vendors_model(
+    configured, inputs, expected
+):
+    call = load_settings(env(**CREDENTIALS, **configured)).call_config(None, inputs)
+    assert (call.vendor, call.api, call.model) == expected
+
+
+def test_a_model_name_openai_does_not_have_is_refused_wherever_it_was_set(caplog):
+    settings = load_settings(env(**CREDENTIALS, AI_VENDOR="gemini", OPENAI_MODEL="contoso-voice"))
+    with caplog.at_level(logging.WARNING):
+        assert settings.call_config(None, {"AI_VENDOR": "openai"}).model == "gpt-realtime-2.1-mini"
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "OPENAI_MODEL (environment) 'contoso-voice' is not a Realtime" in line
+    assert line.endswith("using gpt-realtime-2.1-mini")
+    # The deployment's own setting for OpenAI is refused at start, in one line with the value.
+    with pytest.raises(ConfigError, match=r"OPENAI_MODEL \(environment\) must be a Realtime .*'gpt-4o'"):
+        load_settings(env(OPENAI_MODEL="gpt-4o"))
+
+
+def test_a_switched_vendor_takes_the_nearest_model_set_for_it(tmp_path):
+    profiles = write_profiles(tmp_path, {"azure-bot": {"AI_VENDOR": "azure", "OPENAI_MODEL": "my-dep"}})
+    settings = load_settings(env(**CREDENTIALS, OPENAI_MODEL="gpt-realtime-2.1", BOT_PROFILES_PATH=profiles))
+    assert settings.call_config("azure-bot", {}).model == "my-dep"
+    # The profile's deployment is Azure's; the environment's model is OpenAI's.
+    assert settings.call_config("azure-bot", {"AI_VENDOR": "openai"}).model == "gpt-realtime-2.1"
+
+
+def test_switching_to_gemini_uses_geminis_own_model_setting(caplog):
+    settings = load_settings(
+        env(**CREDENTIALS, OPENAI_MODEL="gpt-realtime-2.1", GEMINI_MODEL="gemini-3.8-live-eu")
+    )
+    with caplog.at_level(logging.WARNING):
+        call = settings.call_config(None, {"AI_VENDOR": "gemini"})
+        named = settings.call_config(None, {"AI_VENDOR": "gemini", "GEMINI_MODEL": "gemini-next-live"})
+    assert (call.vendor, call.gemini_model) == ("gemini", "gemini-3.8-live-eu")
+    assert named.gemini_model == "gemini-next-live"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- the deprecation guard's calendar --------------------------------------------------------
+
+SHUTDOWN = datetime.date(2027, 1, 20)  # gpt-realtime-mini's
+
+
+class Calendar:
+    """The guard's clock, moved by the test: one process living across a shutdown date."""
+
+    def __init__(self, day: datetime.date) -> None:
+        self.day = day
+
+    def __call__(self) -> datetime.date:
+        return self.day
+
+
+def test_a_process_running_across_a_shutdown_dials_the_replacement_from_that_day(caplog):
+    calendar = Calendar(SHUTDOWN - datetime.timedelta(days=1))
+    settings = load_settings(env(OPENAI_MODEL="gpt-realtime-mini"), today=calendar)
+    assert "2027-01-20" in settings.warnings[0]  # at start: still before the date
+    with caplog.at_level(logging.WARNING):
+        before = settings.call_config(None, {}).model
+        calendar.day = SHUTDOWN
+        after = [settings.call_config(None, {}).model for _ in range(3)]
+    assert before == "gpt-realtime-mini"
+    assert after == ["gpt-realtime-2.1-mini"] * 3
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "gpt-realtime-mini was shut down on 2027-01-20; using gpt-realtime-2.1-mini" in line
+
+
+def test_a_shut_down_model_named_by_input_variables_is_logged_once_per_process(caplog):
+    settings = load_settings(env(), today=SHUTDOWN)
+    with caplog.at_level(logging.WARNING):
+        models = [settings.call_config(None, {"OPENAI_MODEL": "gpt-realtime"}).model for _ in range(3)]
+        settings.call_config(None, {"OPENAI_MODEL": "gpt-realtime-mini"})
+    assert models == ["gpt-realtime-2.1"] * 3
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(lines) == 2 and all(line.startswith("input variable OPENAI_MODEL: ") for line in lines)
+
+
 # -- MCP -------------------------------------------------------------------------------------
 
 MCP_ENTRY = {
@@ -304,7 +436,7 @@ def test_check_config_shows_mcp_servers_without_their_secrets():
 def test_profiles_carry_their_own_mcp_servers_filtered_by_the_allowlist(tmp_path, caplog):
     other = dict(MCP_ENTRY, server_label="other", server_url="https://other.example.com/mcp")
     profiles = write_profiles(tmp_path, {"sales": {"MCP_TOOLS": [MCP_ENTRY, other]}, "bad": {}})
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.DEBUG):
         settings = load_settings(
             env(
                 ENABLE_MCP_TOOLS="true",
@@ -314,7 +446,9 @@ def test_profiles_carry_their_own_mcp_servers_filtered_by_the_allowlist(tmp_path
         )
     assert settings.call_config("sales", {}).mcp_tools == (MCP_ENTRY,)
     assert settings.call_config("bad", {}).mcp_tools == ()
-    assert any("other" in r.getMessage() and "dropped" in r.getMessage() for r in caplog.records)
+    # Told in the warnings (logged once logging is set up), not logged while reading.
+    assert settings.warnings == ("MCP server other (profile sales) dropped: not in MCP_ALLOWED_SERVER_URLS",)
+    assert caplog.records == []
     with pytest.raises(ConfigError, match="MCP_TOOLS"):
         load_settings(env(BOT_PROFILES_PATH=write_profiles(tmp_path, {"s": {"MCP_TOOLS": [{"type": "x"}]}})))
 
@@ -325,5 +459,23 @@ def test_the_mcp_allowlist_ignores_case_in_scheme_and_host_but_not_in_the_path()
         {"type": "mcp", "server_label": "b", "server_url": "https://mcp.example.com/CRM"},
         {"type": "mcp", "server_label": "c", "server_url": "https://mcp.example.com/crm/admin"},
     ]
-    kept = filter_mcp_allowed(entries, frozenset({"HTTPS://mcp.example.COM/crm"}), "test")
+    warnings: list[str] = []
+    kept = filter_mcp_allowed(entries, frozenset({"HTTPS://mcp.example.COM/crm"}), "test", warnings)
     assert [e["server_label"] for e in kept] == ["a"]
+    assert len(warnings) == 2 and "MCP server b (test) dropped" in warnings[0]
+
+
+def test_check_config_shows_what_the_mcp_allowlist_dropped_as_a_warning_line():
+    other = dict(MCP_ENTRY, server_label="other", server_url="https://other.example.com/mcp")
+    result = run_main(
+        env(
+            ENABLE_MCP_TOOLS="true",
+            MCP_TOOLS_JSON=json.dumps([MCP_ENTRY, other]),
+            MCP_ALLOWED_SERVER_URLS="https://mcp.example.com/mcp",
+        ),
+        "--check-config",
+    )
+    assert result.returncode == 0 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert "warning: MCP server other (MCP_TOOLS_JSON) dropped: not in MCP_ALLOWED_SERVER_URLS" in lines
+    assert lines[-1] == "configuration OK"
