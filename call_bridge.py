@@ -61,6 +61,7 @@ from model_backend import (
     SessionEnd,
     SessionStart,
     ToolCall,
+    ToolCancelled,
     Transcript,
     Usage,
     UsageReport,
@@ -196,6 +197,7 @@ class CallBridge:
         self._tools_ready = asyncio.Event()
         self._tools_running = 0
         self._tools_by_socket: collections.Counter[int] = collections.Counter()  # running, per asking socket
+        self._tool_tasks: dict[str, tuple[asyncio.Task[None], str]] = {}  # call id -> (Data Action, name)
         self._digit_turns = 0
         self._speech_ended_at: float | None = None  # for the time to first bot audio
         self._buffer_full_warned = False
@@ -502,6 +504,8 @@ class CallBridge:
                     log.debug("caller: %s", text)
             case ToolCall():
                 self._on_tool_call(event)
+            case ToolCancelled(call_ids=call_ids):
+                self._cancel_tools(call_ids)
             case UsageReport(usage=usage):
                 self.usage.add(usage)
             case FarewellDone():
@@ -574,7 +578,9 @@ class CallBridge:
             self.finish(outcome_from_tool(call.name, parse_arguments(call.arguments)), call.call_id)
             return
         if self.data_tools is not None and self.data_tools.handles(call.name):
-            self._spawn(self._run_tool(call), f"tool-{call.name}")
+            task = self._spawn(self._run_tool(call), f"tool-{call.name}")
+            if task is not None:
+                self._tool_tasks[call.call_id] = (task, call.name)
             return
         log.warning("the model called an unknown tool %r", call.name[:64])
         self.metrics.tool_calls.labels("unknown", "error").inc()
@@ -606,6 +612,7 @@ class CallBridge:
             await cancel_and_wait(work)
             self._tools_running -= 1
             self._tools_by_socket[socket] -= 1
+            self._tool_tasks.pop(call.call_id, None)
         self.metrics.tool_calls.labels(call.name, "ok" if ok else "error").inc()
         self.metrics.tool_latency.labels(call.name).observe(self.link.now() - started)
         if self.session is not None and self.socket == socket:
@@ -620,6 +627,15 @@ class CallBridge:
             self.session.note(note)
         else:
             self._late_notes.append(note)
+
+    def _cancel_tools(self, call_ids: tuple[str, ...]) -> None:
+        """The model withdrew these calls (the caller cut in): no holding phrase, no result."""
+        cancelled = [running for call_id in call_ids if (running := self._tool_tasks.pop(call_id, None))]
+        for task, name in cancelled:
+            task.cancel()  # its `finally` keeps the counts right; the group absorbs the cancellation
+            self.metrics.tool_calls.labels(name, "cancelled").inc()
+        if cancelled:
+            log.info("the model cancelled %d running tool call(s)", len(cancelled))
 
     # -- ending the call ---------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from model_backend import (
     SessionEnd,
     SessionStart,
     ToolCall,
+    ToolCancelled,
     Usage,
     UsageReport,
     Utterance,
@@ -70,12 +71,15 @@ NON_BLOCKING = "NON_BLOCKING"
 HEALTHY_AFTER_SECONDS = 3.0  # a confirmed connection alive this long has proved the outage over
 MAX_EARLY_AUDIO_BYTES = 12 * 32_000  # PCM16 16 kHz held until `setupComplete` (the core keeps 10 s)
 MAX_AUDIO_MESSAGE_BYTES = 6_400  # 200 ms of PCM16 16 kHz per realtimeInput.audio
-MAX_HELD_TEXTS = 16  # texts held while a BLOCKING call is pending
 SPEECH_RMS = 600  # PCM16 level of caller speech (the core's and the simulators' level)
 CALLER_QUIET_SECONDS = 1.0  # no caller speech for this long: not mid-utterance
 RECYCLE_MARGIN_SECONDS = 2.0  # close a connection this long before goAway's timeLeft runs out
 RECYCLE_POLL_SECONDS = 0.1  # how often a connection past goAway checks for a quiet moment
 DEFAULT_TIME_LEFT = 10.0  # a goAway without (a readable) timeLeft
+RESUME_ATTEMPTS = 3  # connections in a row closed before resuming one handle: then start afresh
+# The turn that made the call-control call spoke before it and ended after audio that may have
+# been the rest of that speech: a turn starting within this long is the farewell.
+FAREWELL_NEXT_TURN_SECONDS = 1.5
 # Sliding-window compression keeps calls over 15 minutes going (gemini-live.md §10).
 COMPRESSION = {"triggerTokens": 25_600, "slidingWindow": {"targetTokens": 12_800}}
 HISTORY_TURNS = 64  # of the conversation so far, in a fresh replacement session's instructions
@@ -95,7 +99,8 @@ LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 
 def behavior(tool_name: str) -> str:
     """Call control holds the model until it is answered; Data Actions leave it free to talk
-    (a holding phrase) while they run."""
+    (a holding phrase) while they run. New input cancels a pending BLOCKING call on 3.8, but none
+    can come between: the core answers call control inside the `ToolCall` dispatch."""
     return BLOCKING if tool_name in CALL_CONTROL_NAMES else NON_BLOCKING
 
 
@@ -282,6 +287,11 @@ def _ignore(event: Event) -> None:
     return None
 
 
+def _camel(name: str) -> str:
+    """A proto field name in JSON's lowerCamelCase (`server_content` -> `serverContent`)."""
+    return re.sub(r"_([a-z0-9])", lambda match: match.group(1).upper(), name)
+
+
 # -- what outlives one connection ----------------------------------------------------------------
 
 
@@ -293,6 +303,8 @@ class GeminiCall:
 
     inbound: CallerToGemini = field(default_factory=CallerToGemini)
     mcp_warned: bool = False
+    warned: set[str] = field(default_factory=set)  # kinds of odd server messages already logged
+    resume_failures: int = 0  # connections in a row that closed before resuming
 
 
 @dataclass(frozen=True)
@@ -393,17 +405,15 @@ class GeminiSession:
         self._early: deque[tuple[str, int]] = deque()  # (frame, audio bytes) before setupComplete
         self._early_audio = 0
         self._early_warned = False
-        self._held: deque[dict[str, Any]] = deque()  # texts while a BLOCKING call is pending
         self._calls: dict[str, str] = {}  # open function call id -> name
-        self._blocking: set[str] = set()  # open BLOCKING call ids
         self._finished: OrderedDict[str, bool] = OrderedDict()  # answered (False) or cancelled (True)
         self._locked = False  # the ending began: the caller's voice must not reach the model
         self._voice_at = float("-inf")  # caller audio last sounded like speech
-        self._warned: set[str] = set()  # kinds of malformed messages already logged
         # The model's turns.
         self._outbound = GeminiToCaller()
         self._turns = 0  # started on this connection
         self._turn_open = False  # content seen, no turnComplete yet
+        self._turn_said = False  # the open turn has audio or transcription
         self._generating = False  # content seen, not generated to the end yet
         self._absorb_turn_complete = False  # the turn was ended by `interrupted`: its turnComplete follows
         self._utterance: Utterance | None = None  # taking audio now
@@ -411,9 +421,13 @@ class GeminiSession:
         self._utterances = 0
         self._text = ""  # transcription of the current utterance
         self._pending_text = ""  # transcription that came before its utterance's audio
-        self._purpose: str | None = None  # what the next utterance is for (greeting, filler, farewell)
-        self._farewell_turn: int | None = None  # FarewellDone when this turn (or a later one) ends
-        self._farewell_spoken = False  # audio of the farewell came
+        self._purpose: str | None = None  # what the next utterance is for (greeting, filler)
+        # The farewell: the turn that says it, from what the model said after our response.
+        self._farewell_turn: int | None = None  # FarewellDone once this turn is generated
+        self._farewell_call_turn = False  # it made the call: the farewell may be the next one
+        self._farewell_unsure = False  # it spoke before the call: what follows may be the rest of that
+        self._farewell_spoken = False  # audio came in it (after the call)
+        self._farewell_wait_until: float | None = None  # a turn starting by then is the farewell
         self._farewell_ending = False  # FarewellDone given: its turnComplete (final usage) follows
         self._farewell_ended = asyncio.Event()
         # The caller's turns (input transcription).
@@ -496,12 +510,15 @@ class GeminiSession:
         model's continuation is the farewell. Without one (a limit): a text asks for it. Either
         way the caller's voice no longer reaches the model (`send_audio`)."""
         self._locked = True
-        self._purpose = "farewell"
         if call_id is not None and call_id in self._calls:
             result = tool_output(output or "{}")
             result = {**result, "next": instructions} if isinstance(result, dict) else {"next": instructions}
-            # The continuation belongs to the turn that made the call when it is still open.
+            # The continuation is the rest of the turn that made the call (3.x), or the next turn
+            # when the model ends that one with the call (`_farewell_generated`). Audio after the
+            # call may still be the end of what the turn said before it (livekit/agents#7195).
             self._farewell_turn = self._turns if self._turn_open else self._turns + 1
+            self._farewell_call_turn = self._turn_open
+            self._farewell_unsure = self._turn_open and self._turn_said
             self._answer_call(call_id, result, respond=True)
             return
         self._farewell_turn = self._turns + 1
@@ -558,15 +575,9 @@ class GeminiSession:
                 log.warning("Gemini is slow to confirm the session; dropping the oldest caller audio")
 
     def _send_text(self, text: str) -> None:
-        """Real-time text, held while a BLOCKING call is pending: new input cancels it (3.8)."""
-        frame = text_message(text)
-        if not self._blocking:
-            self._send(frame)
-            return
-        if len(self._held) >= MAX_HELD_TEXTS:
-            self._held.popleft()
-            log.warning("too many texts held for a pending tool call; dropping the oldest")
-        self._held.append(frame)
+        """Real-time text. Never into a pending BLOCKING call (new input cancels it on 3.8): only
+        call control blocks, and it is answered before anything else is sent (`behavior`)."""
+        self._send(text_message(text))
 
     def _answer_call(self, call_id: str, output: Any, *, respond: bool) -> None:
         if self._finished.get(call_id):
@@ -577,13 +588,9 @@ class GeminiSession:
             log.warning("a tool result for a call this Gemini connection does not know; dropped")
             return
         self._remember(call_id, cancelled=False)
-        blocking = call_id in self._blocking
+        blocking = self.behaviors.get(name) == BLOCKING
         scheduling = None if blocking else ("WHEN_IDLE" if respond else "SILENT")
         self._send(tool_response(call_id, name, output, scheduling))
-        self._blocking.discard(call_id)
-        if not self._blocking:
-            while self._held:
-                self._send(self._held.popleft())
 
     def _remember(self, call_id: str, *, cancelled: bool) -> None:
         self._finished[call_id] = cancelled
@@ -599,15 +606,18 @@ class GeminiSession:
         return self.completed or self.clock() - self.confirmed_at >= HEALTHY_AFTER_SECONDS
 
     def unfinished(self) -> bool:
-        return self._generating or bool(self._blocking)
+        return self._generating
 
     def last_error(self) -> str | None:
         return None if self.healthy else self.close_error
 
     def handover(self) -> object | None:
-        """The latest resumable handle; None when there is none or this connection's own resume
-        was refused (the next one starts afresh with the conversation so far)."""
-        return None if self.resume_refused else self.handle
+        """The latest resumable handle: this connection's own, or the one it was resuming when it
+        closed before confirming (a drop is no refusal). None when there is none or the resume
+        was refused (the next connection starts afresh with the conversation so far)."""
+        if self.resume_refused:
+            return None
+        return self.handle if self.confirmed_at is not None else self.resume_from
 
     async def run(self, events: EventSink, quiet: Callable[[], bool]) -> SessionEnd:
         self._events = events
@@ -615,12 +625,13 @@ class GeminiSession:
             while True:
                 try:
                     # One timer for many messages (one per message costs CPU): none until the
-                    # connection is to be replaced, then a short one to watch for the moment.
-                    async with asyncio.timeout(self._recycle_wait()) as self._timer:
+                    # connection is to be replaced or the farewell waits for a turn.
+                    async with asyncio.timeout(self._read_wait()) as self._timer:
                         while not self._may_recycle(quiet):
                             self.on_message(await self.socket.recv())
                     return SessionEnd.RECYCLED
                 except TimeoutError:
+                    self._farewell_overdue()
                     if self._may_recycle(quiet):
                         return SessionEnd.RECYCLED
         except ConnectionClosed as exc:
@@ -631,17 +642,24 @@ class GeminiSession:
             self._farewell_ended.set()  # nothing more will come for `finish` to wait for
 
     def _watch(self) -> None:
-        """The connection is to be replaced: wake the read loop so that it starts watching."""
+        """Something is to be watched by the clock (replacing the connection, the farewell's
+        turn): wake the read loop so that it sets its timer for it."""
         if self._timer is not None and not self._timer.expired():
             self._timer.reschedule(asyncio.get_running_loop().time())
 
-    def _recycle_wait(self) -> float | None:
+    def _read_wait(self) -> float | None:
         """No timer until the connection is to be replaced (one per message costs CPU); then a
         short one, so that the quiet moment and the deadline are seen even when the server says
-        nothing more."""
+        nothing more. Until the farewell's turn is due, at most that long."""
+        now = self.clock()
+        waits = []
         if self.go_away_deadline is not None:
-            return max(0.0, min(RECYCLE_POLL_SECONDS, self.go_away_deadline - self.clock()))
-        return RECYCLE_POLL_SECONDS if self.reconfigure else None
+            waits.append(max(0.0, min(RECYCLE_POLL_SECONDS, self.go_away_deadline - now)))
+        elif self.reconfigure:
+            waits.append(RECYCLE_POLL_SECONDS)
+        if self._farewell_wait_until is not None:
+            waits.append(max(0.0, self._farewell_wait_until - now))
+        return min(waits, default=None)
 
     def _may_recycle(self, quiet: Callable[[], bool]) -> bool:
         """At a resumable point nobody notices (nothing generating or pending, a handle issued
@@ -655,7 +673,6 @@ class GeminiSession:
             return True
         return (
             not self._generating
-            and not self._blocking
             and self.handle_fresh
             and now - self._voice_at >= CALLER_QUIET_SECONDS
             and quiet()
@@ -670,15 +687,24 @@ class GeminiSession:
         if fatal is not None:
             raise ModelFailed(fatal)
         if at_setup and self.resume_from is not None:
-            self.resume_refused = True
-            self.metrics.resumptions.labels("refused").inc()
-            log.info(
-                "Gemini did not resume the session (%s); the next connection starts afresh", self.close_error
-            )
+            self._resume_failed(code)
         elif code == 1007:
             self.handle = None  # resuming would bring back whatever the service refused
         log.debug("Gemini closed the connection (%s)", self.close_error)
         return SessionEnd.DROPPED
+
+    def _resume_failed(self, code: int) -> None:
+        """A refusal (1007, 1008 at setup) ends the handle: the next connection starts afresh.
+        A drop or a service error (1006, 1011) does not (gemini-live.md §11): the next one resumes
+        again, unless that failed RESUME_ATTEMPTS times in a row."""
+        self.call.resume_failures += 1
+        if code not in (1007, 1008) and self.call.resume_failures < RESUME_ATTEMPTS:
+            log.info("Gemini closed the connection before resuming (%s); resuming again", self.close_error)
+            return
+        self.call.resume_failures = 0
+        self.resume_refused = True
+        self.metrics.resumptions.labels("refused").inc()
+        log.info("Gemini did not resume the session (%s); the next one starts afresh", self.close_error)
 
     async def summary(self, transcript: str) -> tuple[str | None, Usage]:
         """The conversation summary from the transcriptions, by a separate text call (it works
@@ -687,7 +713,7 @@ class GeminiSession:
 
     async def finish(self, timeout: float) -> None:
         """The farewell's turnComplete, which carries the usage of its turn (FarewellDone came
-        at generationComplete, and the core hangs up once it has played); `close` ends the
+        once it was generated, and the core hangs up once it has played); `close` ends the
         session."""
         if self._farewell_ending:
             with contextlib.suppress(TimeoutError):
@@ -703,24 +729,35 @@ class GeminiSession:
     # -- server messages
 
     def on_message(self, message: dict[str, Any]) -> None:
-        unknown = [key for key in message if key not in self._HANDLERS]
+        """Every known field of the message, in either spelling (proto3 JSON allows snake_case);
+        a field this client does not know (a newer service's) is skipped, not the message."""
+        fields = {_camel(key): body for key, body in message.items()}
+        unknown = sorted(key[:40] for key in fields if key not in self._HANDLERS)[:5]
         if unknown:
-            self._malformed(f"a message with unknown fields ({', '.join(sorted(unknown))[:100]})")
-            return
+            self._unknown_fields(unknown)
         for key, name in self._HANDLERS.items():
-            if key not in message:
+            if key not in fields:
                 continue
-            body = message[key]
+            body = fields[key]
             if not isinstance(body, dict):
                 self._malformed(f"{key} that is not an object")
-                return
+                continue
             getattr(self, name)(body)
 
+    def _unknown_fields(self, names: list[str]) -> None:
+        new = [name for name in names if name not in self.call.warned]
+        if not new:
+            log.debug("Gemini sent unknown fields (%s); ignored", ", ".join(names))
+            return
+        self.call.warned.update(new)
+        log.warning("Gemini sent a message with unknown fields (%s); they are ignored", ", ".join(new))
+
     def _malformed(self, what: str) -> None:
-        if what in self._warned:
+        """Once a call at WARNING for each kind, then at DEBUG: a peer can repeat it forever."""
+        if what in self.call.warned:
             log.debug("Gemini sent %s; ignored", what)
             return
-        self._warned.add(what)
+        self.call.warned.add(what)
         log.warning("Gemini sent %s; ignored", what)
 
     def on_setup_complete(self, body: dict[str, Any]) -> None:
@@ -731,6 +768,7 @@ class GeminiSession:
             # The handle restored everything up to now: it stays the latest, and a point to move
             # from, until the conversation goes on.
             self.handle, self.handle_fresh = self.resume_from, True
+            self.call.resume_failures = 0
             self.metrics.resumptions.labels("resumed").inc()
             log.info("Gemini resumed the session on connection %d", self.number)
         else:
@@ -774,30 +812,39 @@ class GeminiSession:
         if pcm is None:
             self._malformed("audio that is not base64")
             return
-        self._content()
+        self._content(said=True)
         utterance = self._utterance or self._start_utterance()
         audio = self._outbound.convert(pcm)
         if not audio or utterance.stale:
             return
         utterance.received_bytes += len(audio)
+        self._farewell_spoken = self._farewell_spoken or self._in_farewell_turn()
         self._events(BotAudio(utterance, audio))
 
-    def _content(self) -> None:
-        """Something of a model turn arrived: the turn starts if none is open."""
+    def _in_farewell_turn(self) -> bool:
+        """The open turn is the farewell's: the one that made the call (after it), or later."""
+        return self._farewell_turn is not None and self._turns >= self._farewell_turn
+
+    def _content(self, *, said: bool = False) -> None:
+        """Something of a model turn arrived (`said`: audio or its transcription): the turn
+        starts if none is open. A turn the farewell waited for is the farewell."""
         self._absorb_turn_complete = False
         self.handle_fresh = False
-        if self._turn_open:
-            return
-        self._turns += 1
-        self._turn_open = self._generating = True
-        self._outbound.reset()
-        self._last_utterance = None
+        if not self._turn_open:
+            self._turns += 1
+            self._turn_open = self._generating = True
+            self._turn_said = False
+            self._outbound.reset()
+            self._last_utterance = None
+            self._farewell_wait_until = None
+        self._turn_said = self._turn_said or said
 
     def _start_utterance(self) -> Utterance:
         self._utterances += 1
         purpose, self._purpose = self._purpose or "answer", None
+        if self._in_farewell_turn() and not self._farewell_unsure:
+            purpose = "farewell"  # clearly the model's answer to our result, not the rest of before
         utterance = Utterance(f"g{self.number}-{self._utterances}", purpose, self.number)
-        self._farewell_spoken = self._farewell_spoken or purpose == "farewell"
         self._text, self._pending_text = self._pending_text, ""
         utterance.text = self._text.strip()
         self._utterance = self._last_utterance = utterance
@@ -805,7 +852,7 @@ class GeminiSession:
         return utterance
 
     def _on_bot_text(self, text: str) -> None:
-        self._content()
+        self._content(said=True)
         if self._utterance is None:
             self._pending_text = (self._pending_text + text)[:MAX_TEXT_CHARS]
             return
@@ -857,16 +904,42 @@ class GeminiSession:
             self._farewell_ended.set()
 
     def _farewell_generated(self, *, turn_ended: bool) -> None:
-        """The farewell was generated to the end (or its turn ended, said or not): all its audio
-        is with the core. Not later: a connection replaced before its turnComplete must not ask
-        again. A generationComplete before any of it (the part of the turn before the call) is
-        not its end."""
+        """The farewell's turn was generated to the end (or ended). When it said something after
+        our response, all of the farewell is with the core: FarewellDone, not later (a connection
+        replaced before its turnComplete must not ask again). When it said nothing after the call
+        (some models end the turn with it: livekit/agents#3192), the farewell is the next turn.
+        When it spoke before the call and ended after audio that may have been the rest of that
+        (livekit/agents#7195), a turn starting soon is the farewell; else that audio was
+        (`_farewell_overdue`). FAREWELL_TIMEOUT_SECONDS in the core is the backstop."""
         if self._farewell_turn is None or self._turns < self._farewell_turn:
             return
-        if turn_ended or self._farewell_spoken:
-            self._farewell_turn = None
-            self._farewell_ending = True
-            self._events(FarewellDone())
+        if self._farewell_spoken and not self._farewell_unsure:
+            self._farewell_finished()
+            return
+        if not turn_ended:
+            return  # a generationComplete while the turn may go on with the continuation
+        if not self._farewell_call_turn:
+            self._farewell_finished()  # the model chose to say nothing
+            return
+        if self._farewell_spoken:
+            self._farewell_wait_until = self.clock() + FAREWELL_NEXT_TURN_SECONDS
+            self._watch()
+        self._farewell_turn = self._turns + 1
+        self._farewell_call_turn = self._farewell_unsure = self._farewell_spoken = False
+
+    def _farewell_overdue(self) -> None:
+        """No turn followed the one that may have said the farewell: it did."""
+        due = self._farewell_wait_until
+        if due is not None and self.clock() >= due and not self._turn_open:
+            log.debug("Gemini started no turn after the call's; what followed the call was the farewell")
+            self._farewell_finished()
+
+    def _farewell_finished(self) -> None:
+        self._farewell_turn = self._farewell_wait_until = None
+        self._farewell_ending = True
+        if not self._turn_open:
+            self._farewell_ended.set()  # its turn is over: `finish` has nothing to wait for
+        self._events(FarewellDone())
 
     def _on_caller_text(self, transcription: dict[str, Any]) -> None:
         text = transcription.get("text")
@@ -901,8 +974,6 @@ class GeminiSession:
                 log.info("Gemini repeated the tool call %s; it does not run twice", name[:64])
                 continue
             self._calls[call_id] = name
-            if self.behaviors.get(name) == BLOCKING:
-                self._blocking.add(call_id)
             log.info("Gemini calls %s", name[:64])
             self._events(ToolCall(call_id, name, json.dumps(args if isinstance(args, dict) else {})))
 
@@ -913,13 +984,10 @@ class GeminiSession:
         )
         for call_id in cancelled:
             del self._calls[call_id]
-            self._blocking.discard(call_id)
             self._remember(call_id, cancelled=True)
         if cancelled:
             log.info("Gemini cancelled %d tool call(s); their results will not be sent", len(cancelled))
-        if not self._blocking:
-            while self._held:
-                self._send(self._held.popleft())
+            self._events(ToolCancelled(tuple(cancelled)))  # the core stops their work and filler
 
     def on_resumption_update(self, body: dict[str, Any]) -> None:
         handle = body.get("newHandle")

@@ -237,6 +237,14 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class ToolCancelled:
+    """The model no longer wants these calls (Gemini's `toolCallCancellation`): their work
+    stops and their results are not handed over."""
+
+    call_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class UsageReport:
     usage: Usage  # what this report adds to the call's totals
 
@@ -253,6 +261,7 @@ Event = (
     | Interrupted
     | CallerTurn
     | ToolCall
+    | ToolCancelled
     | UsageReport
 )
 EventSink = Callable[[Event], None]

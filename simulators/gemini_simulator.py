@@ -71,6 +71,17 @@ MAX_QUEUED = 8
 SEND_TIMEOUT = 10.0  # a client that stops reading for this long is cut off
 FAREWELL_CALLS = frozenset({"end_conversation_successfully", "end_conversation_with_escalation"})
 SCHEDULING_URGENCY = {"SILENT": 0, "WHEN_IDLE": 1, "INTERRUPT": 2}
+# What the turn that makes a BLOCKING call does until the response comes; models differ.
+CALL_TURN_CONTINUES = "continues"  # it waits and goes on after the response (3.x; adk-python#5407)
+# It ends at once with the call (turnComplete right after the toolCall); the continuation is a
+# new turn (livekit/agents#3192, google/adk-python#5407).
+CALL_TURN_ENDS = "ends"
+# The end of the speech before the call comes after the toolCall, then the turn ends at once; the
+# continuation is a new turn (livekit/agents#7195, #5742).
+CALL_TURN_TRAILS = "trails"
+CALL_TURNS = (CALL_TURN_CONTINUES, CALL_TURN_ENDS, CALL_TURN_TRAILS)
+TRAILING_MS = 300  # of the speech before a call, sent after its toolCall (CALL_TURN_TRAILS)
+TURNAROUND_SECONDS = 0.6  # a continuation in a new turn starts this long after the response
 
 CLIENT_KINDS = ("setup", "clientContent", "realtimeInput", "toolResponse", "contextUpdate")
 REALTIME_FIELDS = ("audio", "audioStreamEnd", "activityStart", "activityEnd", "text", "video")
@@ -675,7 +686,10 @@ class GeminiSimulator:
         seed: int = 7,
         cancel_blocking_on_speech: bool = True,
         speak_words: bool = False,
+        blocking_call_turn: str = CALL_TURN_CONTINUES,
     ) -> None:
+        if blocking_call_turn not in CALL_TURNS:
+            raise ValueError(f"blocking_call_turn is one of {CALL_TURNS}, not {blocking_call_turn!r}")
         self.script = script or Script()
         self.speak_words = speak_words  # voice the words with eSpeak NG when it is there
         self.validator = load_validator(required=strict)
@@ -684,6 +698,7 @@ class GeminiSimulator:
         self.connection_seconds = connection_seconds
         self.go_away_before = go_away_before
         self.cancel_blocking_on_speech = cancel_blocking_on_speech
+        self.blocking_call_turn = blocking_call_turn
         self.rng = random.Random(seed)
         self.sessions: list[SimSession] = []
         self.connections: list[SimConnection] = []
@@ -712,6 +727,11 @@ class GeminiSimulator:
         self.close_with: tuple[int, str] | None = None  # close the next connection after setupComplete
         self.malformed_next: str | None = None  # "not_json" or "unknown_field": send one such message
         self.force_mime: str | None = None  # output audio with this mime type (and its rate)
+        # Wire forms a client must read (spec §2, §6, §12), sent as is (the SDK types know the
+        # canonical form only, which is what is validated): a top-level field of a newer API
+        # version beside every audio serverContent, and top-level fields in proto snake_case.
+        self.unknown_field_on_audio: str | None = None
+        self.snake_case_fields = False
         self.summary_delay = 0.0
         self.summary_status: int | None = None  # answer generateContent with this HTTP error
         self._runner: web.AppRunner | None = None
@@ -1018,10 +1038,21 @@ class SimConnection:
                 f"simulator sent an invalid message: {p}"
                 for p in self.sim.validator.server_problems(data, message)
             ]
+        wire = self._wire_form(message, audio)
+        if wire is not message:
+            data = json.dumps(wire, separators=(",", ":")).encode()
         if not audio and self.session is not None:
             self.session.timeline.append((time.monotonic(), "out", message))
         if await self._send_raw(data) and "usageMetadata" in message:
             self.sim.usage_sent.append(message["usageMetadata"])
+
+    def _wire_form(self, message: dict[str, Any], audio: bool) -> dict[str, Any]:
+        wire = message
+        if audio and self.sim.unknown_field_on_audio:
+            wire = {**wire, self.sim.unknown_field_on_audio: {"note": "a field of a newer API version"}}
+        if self.sim.snake_case_fields:
+            wire = {_snake(key): value for key, value in wire.items()}
+        return wire
 
     async def _send_raw(self, data: bytes) -> bool:
         # Binary frames holding UTF-8 JSON, as the service sends them.
@@ -1356,36 +1387,58 @@ class SimConnection:
         if gen.transcript is not None:
             await self._input_transcription(gen.transcript)
         await self._speak(gen, turn)
-        await self.send({"serverContent": {"generationComplete": True}})
-        if self.sim.assume_playback:
-            await asyncio.sleep(max(0.0, gen.playback_end - time.monotonic()))
-        gen.completing = True
-        await self.send({"serverContent": {"turnComplete": True}, "usageMetadata": self._usage(gen)})
-        self.session.state.history += 1
+        await self._complete_turn(gen)
         if self.generation is gen:
             self.generation = None
         await self._resumption_update()
         if self.generation is None and self.queued:
             self._answer(self.queued.popleft())
 
+    async def _complete_turn(self, gen: Generation, *, at_once: bool = False) -> None:
+        """generationComplete, then turnComplete with the turn's usage once the real-time
+        playback the service assumes is over (`at_once`: without waiting for it)."""
+        assert self.session is not None
+        await self.send({"serverContent": {"generationComplete": True}})
+        if self.sim.assume_playback and not at_once:
+            await asyncio.sleep(max(0.0, gen.playback_end - time.monotonic()))
+        gen.completing = True
+        await self.send({"serverContent": {"turnComplete": True}, "usageMetadata": self._usage(gen)})
+        self.session.state.history += 1
+
     async def _speak(self, gen: Generation, turn: Turn) -> None:
-        """The turn's speech and calls; after BLOCKING calls, the continuation in the same turn."""
+        """The turn's speech and calls; after BLOCKING calls, the continuation: in the same turn,
+        or in a new one when the turn ends with the call (`blocking_call_turn`)."""
         while True:
-            if turn.say:
-                await self._stream(gen, turn)
             calls = turn.function_calls()
+            trails = bool(calls) and self.sim.blocking_call_turn == CALL_TURN_TRAILS and self._blocking(calls)
+            batch = None
+            if turn.say:
+                batch = await self._stream(gen, turn, calls_before_end=calls if trails else None)
             if not calls:
                 return
-            batch = await self._tool_call(calls)
+            batch = batch or await self._tool_call(calls)
             if not batch.blocking:
                 return
             gen.waiting = batch
-            await self.send({"usageMetadata": self._usage(gen)})
+            continues = self.sim.blocking_call_turn == CALL_TURN_CONTINUES
+            if continues:
+                await self.send({"usageMetadata": self._usage(gen)})
+            else:
+                await self._complete_turn(gen, at_once=True)
+                await self._resumption_update()
+                gen.completing = False  # still busy: the continuation is to come
             await batch.done.wait()  # bounded by the connection's deadline
             gen.waiting = None
+            if not continues:
+                await asyncio.sleep(TURNAROUND_SECONDS)  # a new turn: its time to first audio
             turn = self._continuation(batch)
 
-    async def _stream(self, gen: Generation, turn: Turn) -> None:
+    async def _stream(
+        self, gen: Generation, turn: Turn, calls_before_end: list[tuple[str, dict[str, Any]]] | None = None
+    ) -> CallBatch | None:
+        """The turn's speech in uneven chunks, with its transcription. `calls_before_end`: the
+        model calls them before the last TRAILING_MS of the speech went out; their toolCall
+        goes first, the rest after it (the batch is returned)."""
         mime = self.sim.force_mime or f"audio/pcm;rate={OUT_RATE}"
         rate = _pcm_rate(mime) or OUT_RATE
         spoken = speech.synthesize(turn.say) if self.sim.speak_words and turn.say else None
@@ -1397,9 +1450,15 @@ class SimConnection:
         words = (turn.say or "").split()
         sent_words = 0
         position = 0
+        batch = None
+        trail_at = max(0, len(pcm) - TRAILING_MS * rate // 1000 * 2) if calls_before_end else None
         while position < len(pcm):
+            if trail_at is not None and position >= trail_at:
+                batch, trail_at = await self._tool_call(calls_before_end or []), None
+                gen.waiting = batch if batch.blocking else None
             milliseconds = self.sim.rng.randrange(40, 241)  # uneven chunks
-            chunk = pcm[position : position + milliseconds * rate // 1000 * 2]
+            end = position + milliseconds * rate // 1000 * 2
+            chunk = pcm[position : end if trail_at is None else min(end, trail_at)]
             position += len(chunk)
             seconds = len(chunk) / 2 / rate
             gen.unbilled_ms += seconds * 1000
@@ -1419,6 +1478,14 @@ class SimConnection:
             if fragment and self.output_transcription and not bundled:
                 await self.send({"serverContent": {"outputTranscription": {"text": fragment}}})
             await asyncio.sleep(seconds / self.sim.speed)
+        return batch
+
+    def _behavior(self, name: str) -> str:
+        default = "BLOCKING" if self.traits.blocking_only else self.traits.default_behavior
+        return self.behaviors.get(name, default)
+
+    def _blocking(self, calls: list[tuple[str, dict[str, Any]]]) -> bool:
+        return any(self._behavior(name) == "BLOCKING" for name, _ in calls)
 
     async def _tool_call(self, calls: list[tuple[str, dict[str, Any]]]) -> CallBatch:
         assert self.session is not None
@@ -1427,9 +1494,7 @@ class SimConnection:
         blocking = False
         for name, args in calls:
             call_id = f"function-call-{self.sim.rng.randrange(10**18, 10**19)}"
-            behavior = self.behaviors.get(
-                name, "BLOCKING" if self.traits.blocking_only else self.traits.default_behavior
-            )
+            behavior = self._behavior(name)
             blocking = blocking or behavior == "BLOCKING"
             ids.append(call_id)
             wire.append({"id": call_id, "name": name, "args": args})

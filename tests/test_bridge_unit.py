@@ -15,7 +15,7 @@ from conftest import make_settings
 
 from call_bridge import CallBridge
 from metrics import Metrics
-from model_backend import ModelFailed, SessionStart, ToolCall, Utterance
+from model_backend import ModelFailed, SessionStart, ToolCall, ToolCancelled, Utterance
 from openai_client import RealtimeBackend, RealtimeSession
 from playout import Cut, Interruption
 
@@ -495,3 +495,21 @@ async def test_limits_do_not_spin_while_the_stream_is_paused_past_the_maximum_le
         await watcher
     assert bridge.outcome is None  # no farewell into a paused stream
     assert len(ticks) <= 2
+
+
+async def test_a_tool_call_the_model_cancels_stops_with_no_holding_phrase_and_no_result():
+    settings = make_settings(TOOL_FILLER_AFTER_MS="100")
+    bridge, _session, socket = attached(settings)
+    tools = SlowTools()
+    bridge.data_tools = tools
+    async with asyncio.TaskGroup() as tg:
+        bridge._tg = tg
+        bridge.on_event(ToolCall("call_a", "genesys_data_action_slow", "{}"))
+        await settle()
+        bridge.on_event(ToolCancelled(("call_a",)))  # the caller cut in; the model withdrew it
+        await asyncio.sleep(0.3)  # past the holding phrase's moment
+    bridge._tg = None
+    assert tools.answers["genesys_data_action_slow"].cancelled()  # the Data Action's work stopped
+    assert socket.of("response.create") == []  # no holding phrase
+    assert socket.of("conversation.item.create") == []  # no result handed over
+    assert bridge._tools_running == 0

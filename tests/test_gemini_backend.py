@@ -5,6 +5,7 @@ types (camelCase only): `sim.violations` stays empty, like the call simulator's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -18,9 +19,18 @@ from test_data_actions import ACCOUNT_SCHEMA
 
 from call_bridge import FILLER
 from call_control import FAREWELL, SUMMARY_INSTRUCTIONS
+from gemini_client import FAREWELL_NEXT_TURN_SECONDS, RESUME_ATTEMPTS
 from simulators.audio import silence, speech_like
 from simulators.call_simulator import GenesysCall
-from simulators.gemini_simulator import BAD_KEY, QUOTA, GeminiSimulator, SimConnection
+from simulators.gemini_simulator import (
+    BAD_KEY,
+    CALL_TURN_CONTINUES,
+    CALL_TURN_ENDS,
+    CALL_TURN_TRAILS,
+    QUOTA,
+    GeminiSimulator,
+    SimConnection,
+)
 from simulators.script import DEFAULT_SUMMARY, Script, Turn
 from transcoding import CallerToGemini, GeminiToCaller
 
@@ -308,16 +318,19 @@ async def test_a_slow_data_action_runs_non_blocking_with_a_holding_phrase_then_w
     assert sim.violations == [] and call.record.violations == []
 
 
-async def test_a_cancelled_call_result_is_never_sent_and_nothing_runs_twice(connector, genesys_api, caplog):
-    caplog.set_level(logging.INFO, logger="gemini")
+async def test_a_cancelled_call_stops_with_no_holding_phrase_no_result_and_no_second_run(
+    connector, genesys_api, caplog
+):
+    caplog.set_level(logging.INFO)
     genesys_api.actions["acct-1"] = FakeAction(ACCOUNT_SCHEMA, delay=2.5, result={"status": "active"})
     script = Script(
         turns=[Turn(call=TOOL, arguments={"accountNumber": "12345"})],
         default=Turn(say="Yes, what else?", seconds=0.6),
     )
-    # 3.1 runs every call as BLOCKING: the caller speaking over it makes the model cancel it.
+    # 3.1 runs every call as BLOCKING: the caller speaking over it makes the model cancel it. The
+    # holding phrase would be due at 2 s, after the cancellation.
     app, sim = await connector(
-        script, GEMINI_MODEL="gemini-3.1-flash-live-preview", TOOL_FILLER_AFTER_MS="0", **genesys_api.env()
+        script, GEMINI_MODEL="gemini-3.1-flash-live-preview", TOOL_FILLER_AFTER_MS="2000", **genesys_api.env()
     )
     async with new_call(app, input_variables={"DATA_ACTION_IDS": "acct-1"}) as call:
         await call.open()
@@ -327,9 +340,11 @@ async def test_a_cancelled_call_result_is_never_sent_and_nothing_runs_twice(conn
         await call.close()
     (cancelled,) = sim.cancellations
     assert cancelled == [sim.function_calls[0].id]
-    assert sim.tool_responses == []  # the late result was discarded, not sent
+    assert sim.tool_responses == []  # no result was sent
+    texts = [m for m in sim.messages_of("realtimeInput") if "text" in m["realtimeInput"]]
+    assert texts == []  # no holding phrase for a call the model gave up
     assert genesys_api.executions == [("acct-1", {"accountNumber": "12345"})]
-    assert any("cancelled" in r.getMessage() and "discarded" in r.getMessage() for r in caplog.records)
+    assert any("cancelled 1 running tool call" in r.getMessage() for r in caplog.records)
     assert len(call.record.bot_audio) == pytest.approx(0.6 * 8000, abs=16)  # the caller's turn answered
     assert sim.violations == [] and call.record.violations == []
 
@@ -407,6 +422,43 @@ async def test_end_conversation_plays_the_continuation_to_the_end_then_disconnec
     assert content["role"] == "user"
     assert "Caller: This is what the caller said in turn 1." in transcript
     assert "Assistant: Your order arrives on Friday." in transcript
+    assert sim.violations == [] and call.record.violations == []
+
+
+@pytest.mark.parametrize(
+    ("order", "said_first"),
+    [
+        (CALL_TURN_CONTINUES, 0.4),  # 3.x: the turn that made the call goes on after our result
+        (CALL_TURN_ENDS, 0.0),  # the turn ends with the call, the farewell is the next one
+        (CALL_TURN_ENDS, 0.4),
+        (CALL_TURN_TRAILS, 0.4),  # the end of what it said comes after the call, then it ends
+    ],
+    ids=["same-turn", "next-turn", "next-turn-after-speech", "next-turn-after-trailing-audio"],
+)
+async def test_the_farewell_is_heard_in_full_before_the_disconnect_whichever_turn_says_it(
+    connector, model_turns, caplog, order, said_first
+):
+    ending = Turn(call="end_conversation_successfully", arguments={"summary": "wrapped up"})
+    if said_first:
+        ending = dataclasses.replace(ending, say="Let me wrap this up for you.", seconds=said_first)
+    script = Script(turns=[ending], farewell=Turn(say="Thanks for calling, goodbye!", seconds=2.0))
+    app, sim = await connector(script, sim_options={"blocking_call_turn": order})
+    async with new_call(app) as call:
+        disconnect = await run_until_disconnect(call, turn(1.0, 12.0))
+    assert disconnect["parameters"]["reason"] == "completed"
+    assert disconnect["parameters"]["outputVariables"]["COMPLETION_SUMMARY"] == "wrapped up"
+    # Everything the model said, the whole farewell last, reached the caller before `disconnect`.
+    frames = call.record.audio_frames
+    assert bytes(call.record.bot_audio) == heard(model_turns)
+    assert sum(n for t, n in frames if t <= call.record.disconnect_at) == pytest.approx(
+        (said_first + 2.0) * 8000, abs=16
+    )
+    # ... and played: the disconnect came once it had, not at the core's FAREWELL_TIMEOUT_SECONDS.
+    played_until = frames[0][0] + (said_first + 2.0) - 1.0  # the pacer leads by at most a second
+    assert played_until <= call.record.disconnect_at <= played_until + 1.0 + FAREWELL_NEXT_TURN_SECONDS + 1.0
+    assert not any("did not finish" in w for w in warnings(caplog))
+    assert [c.name for c in sim.function_calls] == ["end_conversation_successfully"]
+    assert texts_sent(sim) == [] and sim.interruptions == []
     assert sim.violations == [] and call.record.violations == []
 
 
@@ -499,6 +551,45 @@ async def test_a_refused_resumption_starts_a_fresh_session_with_the_conversation
     assert sim.violations == [] and call.record.violations == []
 
 
+@pytest.mark.parametrize("drops", [1, RESUME_ATTEMPTS], ids=["once", "every-time"])
+async def test_a_resumption_dropped_before_setup_complete_is_tried_again_with_the_same_handle(
+    connector, drops
+):
+    script = Script(turns=[Turn(say="First answer.", seconds=0.6), Turn(say="Second answer.", seconds=0.6)])
+    app, sim = await connector(script)
+    dropped: list[str] = []
+
+    def drop_resumptions(message: dict[str, Any]) -> bool:
+        handle = ((message.get("setup") or {}).get("sessionResumption") or {}).get("handle")
+        if handle and len(dropped) < drops:
+            dropped.append(handle)
+            return True
+        return False
+
+    async with new_call(app) as call:
+        await call.open()
+        await call.stream(turn(0.8, 1.8))
+        (*_, handle) = sim.sessions[0].handles
+        sim.drop_on = drop_resumptions  # glitches: no answer, no refusal
+        sim.drop_all()
+        await call.stream(silence(1.2) + turn(0.8, 2.0, seed=21))
+        await call.close()
+    assert dropped == [handle] * drops
+    setups = [c.received[0]["setup"]["sessionResumption"] for c in sim.connections[1:]]
+    if drops < RESUME_ATTEMPTS:  # a glitch: the same handle again, the conversation resumed
+        assert setups == [{"handle": handle}] * (drops + 1)
+        assert len(sim.sessions) == 1 and [r.handle for r in sim.resumptions] == [handle]
+        assert resumptions(app, "resumed") == 1
+        assert resumptions(app, "refused") == 0 and resumptions(app, "fresh") == 0
+    else:  # the handle never works: given up for a fresh session, not the call
+        assert setups == [{"handle": handle}] * drops + [{}]
+        assert len(sim.sessions) == 2 and sim.resumptions == []
+        assert resumptions(app, "refused") == 1 and resumptions(app, "fresh") == 1
+    assert call.record.disconnect is None
+    assert len(call.record.bot_audio) == pytest.approx(2 * 0.6 * 8000, abs=32)  # the call went on
+    assert sim.violations == [] and call.record.violations == []
+
+
 async def test_a_language_update_moves_the_session_to_a_connection_set_up_for_it(connector):
     app, sim = await connector(Script(default=Turn(say="Sure.", seconds=0.5)))
     async with new_call(app, language="en-US") as call:
@@ -574,6 +665,29 @@ async def test_a_malformed_server_message_is_ignored_with_a_warning(connector, c
     assert any("Gemini sent a message with unknown fields (surpriseField)" in w for w in lines)
     assert len(call.record.bot_audio) == pytest.approx(2 * 0.6 * 8000, abs=32)  # the call went on
     assert call.record.disconnect is None
+    assert sim.violations == [] and call.record.violations == []
+
+
+@pytest.mark.parametrize("quirk", ["unknown_field", "snake_case"])
+async def test_known_fields_are_read_beside_unknown_ones_and_in_snake_case(
+    connector, model_turns, caplog, quirk
+):
+    app, sim = await connector(Script(default=Turn(say="Here you are.", seconds=0.8)))
+    if quirk == "unknown_field":
+        sim.unknown_field_on_audio = "futureField"  # beside every serverContent with audio
+    else:
+        sim.snake_case_fields = True  # server_content, setup_complete, usage_metadata ...
+    async with new_call(app) as call:
+        await call.open()
+        await call.stream(turn(0.8, 2.4))
+        await call.close()
+    assert bytes(call.record.bot_audio) == heard(model_turns)
+    assert len(call.record.bot_audio) == pytest.approx(0.8 * 8000, abs=16)
+    unknown = [w for w in warnings(caplog) if "unknown fields" in w]
+    if quirk == "unknown_field":  # once a call, however many messages carry it
+        assert unknown == ["Gemini sent a message with unknown fields (futureField); they are ignored"]
+    else:
+        assert unknown == []
     assert sim.violations == [] and call.record.violations == []
 
 

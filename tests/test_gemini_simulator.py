@@ -19,8 +19,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from simulators.audio import silence, speech_like
 from simulators.gemini_simulator import (
     BAD_KEY,
+    CALL_TURN_ENDS,
+    CALL_TURN_TRAILS,
     DEADLINE,
     INVALID_ARGUMENT,
+    TRAILING_MS,
+    TURNAROUND_SECONDS,
     GeminiSimulator,
     GeminiValidator,
     client_rules,
@@ -498,6 +502,59 @@ async def test_a_blocking_call_waits_for_its_response_then_the_turn_continues(ge
     ]
     assert [r["id"] for r in sim.tool_responses] == [calls[0]["id"], call["id"]]
     assert sim.violations == []
+
+
+@pytest.mark.parametrize("order", [CALL_TURN_ENDS, CALL_TURN_TRAILS])
+async def test_a_turn_can_end_with_its_blocking_call_and_the_continuation_come_as_a_new_turn(gemini, order):
+    script = Script(
+        turns=[Turn(say="Let me look that up.", seconds=1.0, call="lookup_order", arguments={"order": "42"})],
+        default=Turn(say="It shipped yesterday.", seconds=0.5),
+    )
+    sim = await gemini(script, speed=8.0, blocking_call_turn=order)
+    ws = await start_session(sim)
+    await speak(ws, CALLER_TURN)
+    messages = await until(ws, turn_complete)
+    kinds = [kind_of(m) for m in messages]
+    at = kinds.index("toolCall")
+    assert kinds[-2:] == ["generationComplete", "turnComplete"], "the turn ends with the call"
+    assert abs(len(audio_bytes(messages)[0]) - 1.0 * 48000) <= 64  # all of what it said before
+    trailing = TRAILING_MS * 48 if order == CALL_TURN_TRAILS else 0  # 24 kHz PCM16: 48 bytes a ms
+    assert len(audio_bytes(messages[at:])[0]) == trailing
+    assert "".join(texts(messages, "outputTranscription")) == "Let me look that up. "
+    assert await receive(ws) == {"sessionResumptionUpdate": {}}, "not resumable while the call runs"
+    with pytest.raises(TimeoutError):
+        await receive(ws, timeout=0.3)  # the continuation waits for the response
+    call = messages[at]["toolCall"]["functionCalls"][0]
+    response = {"id": call["id"], "name": "lookup_order", "response": {"output": {"status": "shipped"}}}
+    await ws.send(json.dumps({"toolResponse": {"functionResponses": [response]}}))
+    sent = time.monotonic()
+    stamps: list[float] = []
+    messages = await until(ws, turn_complete, stamps)
+    first_audio = next(t for t, m in zip(stamps, messages, strict=True) if server_content(m, "modelTurn"))
+    assert first_audio - sent >= TURNAROUND_SECONDS - 0.05, "a new turn takes the model a moment"
+    assert "".join(texts(messages, "outputTranscription")) == "It shipped yesterday. "
+    assert [kind_of(m) for m in messages][-2:] == ["generationComplete", "turnComplete"]
+    await ws.close()
+    assert [(c.name, c.blocking) for c in sim.function_calls] == [("lookup_order", True)]
+    assert sim.violations == []
+    with pytest.raises(ValueError):
+        GeminiSimulator(blocking_call_turn="sometimes")
+
+
+async def test_unknown_top_level_fields_and_snake_case_names_on_demand(gemini):
+    sim = await gemini(Script(default=Turn(say="Hi there.", seconds=0.3)), speed=8.0)
+    sim.unknown_field_on_audio = "futureField"
+    sim.snake_case_fields = True
+    ws = await client(sim)
+    await ws.send(json.dumps(SETUP))
+    assert await receive(ws) == {"setup_complete": {}}
+    await speak(ws, CALLER_TURN)
+    messages = await until(ws, lambda m: bool((m.get("server_content") or {}).get("turnComplete")))
+    audio = [m for m in messages if "modelTurn" in (m.get("server_content") or {})]
+    assert audio and all(set(m) == {"server_content", "future_field"} for m in audio)
+    assert "usage_metadata" in messages[-1]
+    await ws.close()
+    assert sim.violations == [], "what is validated is the canonical form"
 
 
 async def test_a_wrong_tool_response_closes_with_1007(gemini):
