@@ -437,7 +437,11 @@ class CallBridge:
         if not self._greeted and self.call.greeting:
             session.say("greeting", f'Greet the caller now, saying: "{self.call.greeting}"')
         elif resume and not notes and not inputs:
-            session.note("The connection was restored. Go on from where the conversation was.")
+            # What the old socket was doing (an answer, a tool call the service ran) is lost.
+            session.note(
+                "The connection was restored; whatever was in progress was lost. Go on from where "
+                "the conversation was, and redo a request that did not finish."
+            )
         self._greeted = True
 
     async def _detach(self) -> None:

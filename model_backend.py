@@ -310,7 +310,6 @@ class SessionStart:
     socket: int  # 1 for the call's first socket
     history: tuple[tuple[str, str], ...] = ()  # (role, text), oldest first
     resume: object | None = None
-    failed_calls: tuple[str, ...] = ()  # tool calls of the old socket left unanswered (names)
 
 
 class ModelSession(Protocol):

@@ -434,12 +434,25 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_a_tool_still_running_for_a_replaced_socket_does_not_hold_the_new_socket_s_answer():
-    bridge, _session, _socket = attached()
+def with_slow_tools(settings=None) -> tuple[CallBridge, RealtimeSession, FakeSocket, SlowTools]:
+    bridge, session, socket = attached(settings)
     tools = SlowTools()
     bridge.data_tools = tools
+    return bridge, session, socket, tools
+
+
+@contextlib.asynccontextmanager
+async def call_tasks(bridge: CallBridge):
+    """The bridge's task group, as its `run` would own it."""
     async with asyncio.TaskGroup() as tg:
         bridge._tg = tg
+        yield
+        bridge._tg = None
+
+
+async def test_a_tool_still_running_for_a_replaced_socket_does_not_hold_the_new_socket_s_answer():
+    bridge, _session, _socket, tools = with_slow_tools()
+    async with call_tasks(bridge):
         bridge.on_event(ToolCall("call_a", "genesys_data_action_slow", "{}"))
         await settle()
         _new, socket = attach_another(bridge)  # socket 1 dropped with the slow tool running
@@ -450,17 +463,13 @@ async def test_a_tool_still_running_for_a_replaced_socket_does_not_hold_the_new_
         assert len(socket.of("response.create")) == 1  # the model answers the fast result now
         tools.answers["genesys_data_action_slow"].set_result(('{"ok": true}', True))
         await settle()
-    bridge._tg = None
 
 
 async def test_a_tool_result_after_the_ending_began_never_asks_for_another_answer():
     from call_control import outcome_from_tool
 
-    bridge, session, socket = attached()
-    tools = SlowTools()
-    bridge.data_tools = tools
-    async with asyncio.TaskGroup() as tg:
-        bridge._tg = tg
+    bridge, session, socket, tools = with_slow_tools()
+    async with call_tasks(bridge):
         bridge.on_event(ToolCall("call_a", "genesys_data_action_slow", "{}"))
         await settle()
         bridge._tg = None  # the ending's own tasks (summary, disconnect) are not this test's
@@ -498,17 +507,12 @@ async def test_limits_do_not_spin_while_the_stream_is_paused_past_the_maximum_le
 
 
 async def test_a_tool_call_the_model_cancels_stops_with_no_holding_phrase_and_no_result():
-    settings = make_settings(TOOL_FILLER_AFTER_MS="100")
-    bridge, _session, socket = attached(settings)
-    tools = SlowTools()
-    bridge.data_tools = tools
-    async with asyncio.TaskGroup() as tg:
-        bridge._tg = tg
+    bridge, _session, socket, tools = with_slow_tools(make_settings(TOOL_FILLER_AFTER_MS="100"))
+    async with call_tasks(bridge):
         bridge.on_event(ToolCall("call_a", "genesys_data_action_slow", "{}"))
         await settle()
         bridge.on_event(ToolCancelled(("call_a",)))  # the caller cut in; the model withdrew it
         await asyncio.sleep(0.3)  # past the holding phrase's moment
-    bridge._tg = None
     assert tools.answers["genesys_data_action_slow"].cancelled()  # the Data Action's work stopped
     assert socket.of("response.create") == []  # no holding phrase
     assert socket.of("conversation.item.create") == []  # no result handed over
