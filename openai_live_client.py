@@ -73,6 +73,10 @@ CLOCK_GAP = 0.1  # input this far behind real time is topped up with silence
 CLOCK_FRAME_MS = 100
 MAX_SILENCE_BURST_MS = 1000  # after a stall, never more silence than this at once
 MAX_EARLY_AUDIO = 10 * 8000  # caller audio kept until `session.started`
+# Commands kept until `session.started` (nothing but `session.start` may go before it). A session
+# not started within START_TIMEOUT is given up, so this bound only stops a flood: past it the
+# oldest command gives way, with one warning.
+MAX_EARLY_COMMANDS = 32
 MAX_APPEND_BYTES = 32_000
 
 # -- the output track
@@ -96,8 +100,15 @@ CONFIRM_WITHIN = 0.7  # s after the caller's voice was noticed
 TURN_GAP_MS = 500  # a gap this long between caller transcript fragments starts a new turn
 FAREWELL_START_SECONDS = 5.0  # a farewell asked for and not begun by then is not waited for
 FAREWELL_AFTER_CARRIER = 1.0  # s after the utterance in progress when the farewell was due
+# A backend answer is spoken a moment after its response completes: the socket is not quiet
+# until it begins, or until this long has passed without it.
+ANSWER_START_SECONDS = 5.0
 
-MAX_APPEND_CHARS = 1800  # an append holds at most 500 tokens: ~4 characters a token, kept short
+# An append holds at most 500 tokens (spec §12); JSON and digits run 2-3 characters a token, other
+# scripts about one: each part is kept within 1,000 ASCII characters, a non-ASCII one counting two.
+MAX_APPEND_COST = 1000
+MAX_APPEND_PARTS = 8  # a longer text is cut: it would only flood the model's small context
+MAX_HISTORY_TEXT = 1800  # characters of one startup message (the whole input has its own limit)
 MAX_HISTORY_MESSAGES = 128
 MAX_HISTORY_CHARS = 30_000  # the startup input holds about 8,192 rendered tokens
 HEALTHY_AFTER_SECONDS = 3.0
@@ -209,7 +220,7 @@ def initial_input(history: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     budget = MAX_HISTORY_CHARS
     for role, text in reversed(history):
-        text = text.strip()[:MAX_APPEND_CHARS]
+        text = text.strip()[:MAX_HISTORY_TEXT]
         if not text or role not in ("user", "assistant"):
             continue
         budget -= len(text)
@@ -249,9 +260,34 @@ def append_audio(pcmu: bytes) -> str:
 
 def context_append(kind: str, content: str, event_id: str) -> dict[str, Any]:
     """A commentary, thinking or instructions append (`delegation_id` is a required key)."""
-    if len(content) > MAX_APPEND_CHARS:
-        content = content[: MAX_APPEND_CHARS - 1] + "…"
     return {"type": f"session.{kind}.append", "event_id": event_id, "delegation_id": None, "content": content}
+
+
+def append_parts(content: str) -> list[str]:
+    """`content` in pieces an append takes, in order; joined, they are the whole (up to
+    MAX_APPEND_PARTS). A piece ends after a space where one is near, not inside a word."""
+    parts: list[str] = []
+    rest = content
+    while rest and len(parts) < MAX_APPEND_PARTS:
+        end = _fitting(rest)
+        if end < len(rest):
+            space = rest.rfind(" ", end // 2, end)
+            end = space + 1 if space > 0 else end
+        parts.append(rest[:end])
+        rest = rest[end:]
+    if rest:
+        parts[-1] = parts[-1][:-2] + "…"
+    return parts or [content]
+
+
+def _fitting(text: str) -> int:
+    """How many leading characters of `text` stay within one append's cost."""
+    cost = 0
+    for at, char in enumerate(text):
+        cost += 1 if char.isascii() else 2
+        if cost > MAX_APPEND_COST:
+            return at
+    return len(text)
 
 
 def function_output(call_id: str, output: str) -> dict[str, Any]:
@@ -365,6 +401,9 @@ class LiveSession:
         # Input.
         self._early = bytearray()  # caller audio before `session.started`
         self._early_warned = False
+        self._early_commands: list[dict[str, Any]] = []  # commands before `session.started`
+        self._early_commands_warned = False
+        self._start_event = ""  # the event id of our `session.start`
         self._covered_until = 0.0  # the clock time the input sent so far reaches
         self._input_bytes = 0  # appended on this session: its input timeline, 8 bytes a ms
         self._carry = b""  # caller audio short of a whole voice window
@@ -389,6 +428,8 @@ class LiveSession:
         self._open: dict[str, bool] = {}  # call id -> answered
         self._wants_answer = False  # an output of the batch asks the model to go on
         self._running: set[str] = set()  # nested responses in progress
+        self._create_event: str | None = None  # a response.create no response has answered yet
+        self._answer_due_at: float | None = None  # a backend answer completed, not yet begun
         self._response_of: dict[str | None, str] = {}  # delegation id -> its running response
         self._calls_of: dict[str, list[str]] = {}  # running response -> the calls it announced
         # The ending.
@@ -418,15 +459,29 @@ class LiveSession:
         """The first frame: `session.start` (nothing else goes before `session.started`)."""
         self.number = start.socket
         self._tools_event = f"{OWN_ID}{self.number}tools"
+        self._start_event = self.new_id("start")
         self.socket.send(
             session_start(
                 start,
                 model=self.model,
                 backend_model=self.backend_model,
                 approval=self.approval,
-                event_id=self.new_id("start"),
+                event_id=self._start_event,
             )
         )
+
+    def _send(self, event: dict[str, Any]) -> None:
+        """A command: to the socket once the session has started, kept until then (the core
+        may act at once: keys, a language, Data Actions ready, a limit's farewell)."""
+        if self.started:
+            self.socket.send(event)
+            return
+        if len(self._early_commands) >= MAX_EARLY_COMMANDS:
+            del self._early_commands[0]
+            if not self._early_commands_warned:
+                self._early_commands_warned = True
+                log.warning("%s session not started; dropping the oldest commands kept for it", self.label)
+        self._early_commands.append(event)
 
     # -- commands
 
@@ -467,7 +522,16 @@ class LiveSession:
             self._commentary(text)
 
     def _commentary(self, content: str, event_id: str | None = None) -> None:
-        self.socket.send(context_append("commentary", content, event_id or self.new_id("c")))
+        self._context("commentary", content, event_id or self.new_id("c"))
+
+    def _context(self, kind: str, content: str, event_id: str) -> None:
+        """An append, in as many parts as its limit needs, `event_id` on the last. A commentary's
+        leading parts go as silent context: the model speaks once, with the whole text placed."""
+        parts = append_parts(content)
+        lead = "thinking" if kind == "commentary" else kind
+        for part in parts[:-1]:
+            self._send(context_append(lead, part, self.new_id("p")))
+        self._send(context_append(kind, parts[-1], event_id))
 
     def tool_result(self, call_id: str, output: str, *, respond: bool = True) -> None:
         """Every call gets its output; the model goes on (`response.create`) once the whole batch
@@ -475,7 +539,7 @@ class LiveSession:
         if self._open.get(call_id) is not False:
             log.debug("%s has no open call %s; result not sent", self.label, call_id[:40])
             return
-        self.socket.send(function_output(call_id, output))
+        self._send(function_output(call_id, output))
         self._open[call_id] = True
         self._wants_answer = self._wants_answer or respond
         self._create_when_complete()
@@ -489,15 +553,18 @@ class LiveSession:
         self._ending = True
         self._pending_purpose = None
         self._suspected_at = None
-        self._farewell_asked_at = self.clock()  # from the response.create, once the batch allows it
         if call_id is not None and self._open.get(call_id) is False:
-            self.socket.send(function_output(call_id, farewell_output(output, instructions)))
+            # The wait for the farewell starts with the response.create, which other calls of
+            # the batch may hold back for a while (`_create_when_complete`).
+            self._send(function_output(call_id, farewell_output(output, instructions)))
             self._open[call_id] = True
             self._wants_answer = True
             self._create_when_complete()
             return
         self._farewell_event = self.new_id("bye")
         self._commentary(f"{instructions} {SAY_GOODBYE}", self._farewell_event)
+        if self.started:  # else from `session.started`, when the commentary goes
+            self._farewell_asked_at = self.clock()
 
     def heard(self, cuts: list[Utterance]) -> None:
         """Nothing to send: GPT-Live has no truncate. The service paced its own output and knows
@@ -513,7 +580,7 @@ class LiveSession:
         if self._ending or not language:
             return
         text = f"From now on, speak {language} with the caller, unless they clearly prefer another language."
-        self.socket.send(context_append("instructions", text, self.new_id("lang")))
+        self._context("instructions", text, self.new_id("lang"))
 
     def caller_paused(self) -> None:
         """Nothing special: the input clock fills the pause with silence at real time."""
@@ -524,7 +591,7 @@ class LiveSession:
         if self._ending:
             return
         delegation = {"type": "responses", "responses": {"tools": backend_tools(spec, self.approval)}}
-        self.socket.send(
+        self._send(
             {"type": "session.update", "event_id": self._tools_event, "session": {"delegation": delegation}}
         )
 
@@ -538,7 +605,8 @@ class LiveSession:
         wanted, self._wants_answer = self._wants_answer, False
         if not wanted:
             return
-        self.socket.send({"type": "response.create", "event_id": self.new_id("r")})
+        self._create_event = self.new_id("r")
+        self._send({"type": "response.create", "event_id": self._create_event})
         if self._ending and self._farewell_event is None and not self._farewell_create_sent:
             self._farewell_create_sent = True
             self._farewell_asked_at = self.clock()
@@ -635,7 +703,16 @@ class LiveSession:
         self._farewell_overdue()
 
     def unfinished(self) -> bool:
-        return bool(self._open) or self._current is not None
+        """Work under way that the socket's end would lose: a call unanswered, a backend
+        response running or asked for, its answer not yet begun, an utterance in progress."""
+        due = self._answer_due_at
+        answer_due = due is not None and self.clock() - due < ANSWER_START_SECONDS
+        return (
+            bool(self._open or self._running)
+            or self._create_event is not None
+            or answer_due
+            or self._current is not None
+        )
 
     def last_error(self) -> str | None:
         return self.held_errors[-1].split(":", 1)[0] if self.held_errors else None
@@ -680,7 +757,8 @@ class LiveSession:
     def _send_close(self) -> None:
         if not self._closing:
             self._closing = True
-            self.socket.send({"type": "session.close", "event_id": self.new_id("close")})
+            self._early_commands.clear()  # a session ending before it started wants none of them
+            self._send({"type": "session.close", "event_id": self.new_id("close")})
 
     async def close(self) -> None:
         await self.socket.close()
@@ -708,6 +786,11 @@ class LiveSession:
         for start in range(0, len(early), MAX_APPEND_BYTES):
             self._append(early[start : start + MAX_APPEND_BYTES])
         self._covered_until = now  # that audio was the past, not the next seconds
+        commands, self._early_commands = self._early_commands, []
+        for command in commands:
+            self.socket.send(command)
+        if self._farewell_event is not None and self._farewell_asked_at is None:
+            self._farewell_asked_at = now  # the farewell commentary went only now
         log.debug("%s session %s started", self.label, _text(_field(event, "session", "id")))
         self._events(Ready())
 
@@ -777,6 +860,7 @@ class LiveSession:
             self._farewell = utterance
         self._current, self._held, self._gap = utterance, bytearray(), bytearray()
         self._spoken_to, self._spoken = utterance, ""
+        self._answer_due_at = None
         self._began_ms = self._input_bytes // BYTES_PER_MS
         self._talk_over_ms, self._suspected_at = 0, None
         log.debug("%s utterance %s begins (%s)", self.label, utterance.key, purpose)
@@ -942,6 +1026,7 @@ class LiveSession:
         delegation = event.get("delegation_id")
         delegation = delegation if isinstance(delegation, str) else None
         if kind in ("response.created", "response.in_progress"):
+            self._create_event = None
             response_id = _text(_field(nested, "response", "id"))
             self._running.add(response_id)
             self._response_of[delegation] = response_id
@@ -984,6 +1069,7 @@ class LiveSession:
     def _on_response_done(self, nested: dict[str, Any], status: str, delegation: str | None) -> None:
         response = nested.get("response")
         response_id = _text(_field(response, "id"))
+        self._create_event = None
         self._events(UsageReport(responses_usage(_field(response, "usage"))))
         self._running.discard(response_id)
         if self._response_of.get(delegation) == response_id:
@@ -991,6 +1077,8 @@ class LiveSession:
         calls = self._calls_of.pop(response_id, [])
         if status == "completed":
             self.completed = True
+            if not calls:  # an answer, not a request for tools: the live model says it next
+                self._answer_due_at = self.clock()
             self._log_held_errors()
         else:
             # Its calls can no longer be answered (the service refuses outputs for them).
@@ -1028,8 +1116,13 @@ class LiveSession:
         code = _text(_field(error, "code")) or None
         message = _text(_field(error, "message"))
         answering = _text(event.get("client_event_id")) or _text(_field(error, "client_event_id"))
-        if not self.started or code in FATAL_ERROR_CODES:
+        # Before `session.started` an error refuses the session when it answers our
+        # `session.start` (or nothing in particular); one answering another event does not.
+        refused = not self.started and answering in ("", self._start_event)
+        if refused or code in FATAL_ERROR_CODES:
             raise ModelFailed(f"{self.label} refused the session ({code or 'error'})")
+        if answering and answering == self._create_event:
+            self._create_event = None  # refused: no response will answer it
         kind = code or _text(_field(error, "type")) or "error"
         self.metrics.errors.labels(f"live_{kind}"[:64]).inc()
         if answering == self._tools_event:

@@ -41,17 +41,25 @@ class TextApi:
             async with self._session.post(
                 url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as response:
-                raw = await response.content.read(MAX_BODY_BYTES + 1)
-                status = response.status
+                if not 200 <= response.status < 300:
+                    raise TextApiError(f"HTTP {response.status}")
+                raw = await _read_body(response)
         except TimeoutError:
             raise TextApiError(f"no answer within {timeout:g} s") from None
         except aiohttp.ClientError as exc:
             raise TextApiError(f"the request failed ({type(exc).__name__})") from None
-        if len(raw) > MAX_BODY_BYTES:
-            raise TextApiError("the answer is too large")
-        if not 200 <= status < 300:
-            raise TextApiError(f"HTTP {status}")
         try:
             return json.loads(raw)
         except (ValueError, RecursionError):
             raise TextApiError("the answer is not JSON") from None
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, up to EOF: one `read(n)` returns only what has arrived so far, and a
+    chunked, compressed or proxied answer arrives in pieces. Bounded as it is read (decompressed)."""
+    raw = bytearray()
+    async for piece in response.content.iter_any():
+        raw += piece
+        if len(raw) > MAX_BODY_BYTES:
+            raise TextApiError("the answer is too large")
+    return bytes(raw)

@@ -313,11 +313,11 @@ def tap_gemini(records: dict[int, GeminiRecord]) -> None:
         record.caller_pcm.append((time.monotonic(), record.pcm_total))
         await on_audio(connection, audio)
 
-    async def counted_turn(connection: SimConnection, gen: Generation, turn: Turn) -> None:
+    async def counted_turn(connection: SimConnection, gen: Generation, turn: Turn, **options: Any) -> Any:
         record = record_of(connection)
         record.turns.append((time.monotonic(), record.chunks[-1][1] if record.chunks else 0))
         record.turn_samples = 0
-        await stream(connection, gen, turn)
+        return await stream(connection, gen, turn, **options)
 
     async def counted_send(connection: SimConnection, message: dict[str, Any], audio: bool = False) -> None:
         if audio:

@@ -413,10 +413,13 @@ class LiveSimulator:
         self.summary_requests: list[dict[str, Any]] = []
         self.summary_status = 200
         self.backend_delay = 0.05  # the Responses backend "thinks" this long before streaming
+        # ... and reasons this long between its `response.created` and its output (hosted tools).
+        self.backend_reasoning = 0.0
         # Faults on demand.
         self.refuse_next = 0  # answer the next N upgrade attempts with HTTP 503
         self.refuse_all = False
         self.connect_delay = 0.0
+        self.start_delay = 0.0  # answer session.start this much later (refusing what comes meanwhile)
         self.drop_on: Callable[[dict[str, Any]], bool] | None = None  # abort when a client event matches
         self.force_format: dict[str, Any] | None = None  # report this format in session.started
         self.start_error: str | None = None  # answer session.start with this fatal error and close
@@ -777,6 +780,7 @@ class LiveSession:
         self._usage_reports = 0
         self._appends = 0
         self._finishing = False
+        self._starting = False  # session.start accepted, its answer delayed
         self._frozen = False
         self._input_moved = asyncio.Event()
         self._changed = asyncio.Event()  # the pacer ticked, froze, or backend work ended
@@ -924,7 +928,7 @@ class LiveSession:
     # -- session
 
     async def on_session_start(self, event: dict[str, Any]) -> None:
-        if self.config is not None:
+        if self.config is not None or self._starting:
             await self.refuse(event, "session_already_started", "The session has already started.")
             return
         session = event["session"]
@@ -936,6 +940,20 @@ class LiveSession:
             return
         self.start = event
         self.model = session["model"]
+        if self.sim.start_delay:
+            # A slow start: until session.started, every other event is refused (`_before_start`).
+            self._starting = True
+            self._spawn(self._answer_start_later(event))
+            return
+        await self._answer_start(event)
+
+    async def _answer_start_later(self, event: dict[str, Any]) -> None:
+        await asyncio.sleep(self.sim.start_delay)
+        self._starting = False
+        await self._answer_start(event)
+
+    async def _answer_start(self, event: dict[str, Any]) -> None:
+        session = event["session"]
         if self.sim.start_error is not None:
             await self._fatal(self.sim.start_error, event.get("event_id"))
             await self._close(1008)
@@ -1419,6 +1437,7 @@ class LiveSession:
                 "response": self._snapshot(response_id, "in_progress", None),
             },
         )
+        await asyncio.sleep(self.sim.backend_reasoning)
         produced = 0
         for index, (name, arguments) in enumerate(turn.function_calls()):
             call = FunctionCall(name, self.sim.new_id("call"), arguments)
@@ -1582,6 +1601,8 @@ class LiveSession:
         ]
         for event in events:
             await self._nested(delegation_id, {**event, "sequence_number": next(seq)})
+            if event["type"] == "response.created":
+                await asyncio.sleep(self.sim.backend_reasoning)
         self.continuations.append(text)
         self._speak(turn)
         self._changed.set()

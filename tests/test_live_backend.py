@@ -23,10 +23,15 @@ from test_data_actions import ACCOUNT_SCHEMA
 from audiohook_protocol import format_duration
 from call_bridge import FILLER
 from call_control import SUMMARY_INSTRUCTIONS
+from config import ApprovalPolicy
+from metrics import Metrics
+from model_backend import CallSpec, ModelFailed, SessionStart
+from openai_live_client import LiveSession
 from simulators.audio import silence, speech_like
 from simulators.call_simulator import GenesysCall
-from simulators.live_simulator import LiveSimulator
+from simulators.live_simulator import APPEND_EVENTS, LiveSimulator
 from simulators.script import DEFAULT_SUMMARY, Script, Turn
+from text_api import TextApi
 
 TOOL = "genesys_data_action_get_account"
 SLOW_TOOL = "genesys_data_action_slow_lookup"
@@ -478,3 +483,172 @@ async def test_a_fatal_start_error_escalates_at_once_on_one_socket(connected):
     assert call.record.disconnect_at - started < 2.0  # no retry loop
     assert sim.connections == 1
     assert sim.violations == [] and call.record.violations == []
+
+
+async def test_keys_and_data_actions_that_come_before_session_started_wait_for_it(
+    connected, genesys_api, caplog
+):
+    # GPT-Live takes nothing but session.start before session.started: what the core asks for
+    # in that window (the Data Actions ready late, the caller's keys) goes right after it.
+    caplog.set_level(logging.INFO)
+    genesys_api.actions["acct-1"] = FakeAction(ACCOUNT_SCHEMA, result={"status": "active"})
+    genesys_api.schema_delay = 1.7  # both schemas: past TOOLS_READY_WAIT, so the tools come as an update
+    script = Script(turns=[Turn(say="You entered your account number.", seconds=1.0)])
+    app, sim = await connected(script, **genesys_api.env())
+    sim.start_delay = 2.5
+    updating = "data actions ready after the call started; updating the session"
+    async with new_call(app, input_variables={"DATA_ACTION_IDS": "acct-1"}) as call:
+        await call.open()
+        streaming = asyncio.create_task(call.stream(silence(12)))
+        await wait_for(lambda: any(r.getMessage() == updating for r in caplog.records), 8)
+        await call.send_dtmf("42#", gap=0.05)
+        await asyncio.sleep(0.3)
+        assert sim.sessions[0].start is not None and sim.sessions[0].config is None  # not started yet
+        live = sim.sessions[0]
+        await wait_for(lambda: "You entered your account number." in live.utterances, 10)
+        streaming.cancel()
+        await asyncio.gather(streaming, return_exceptions=True)
+        await call.close()
+    assert client_types(sim)[:3] == ["session.start", "session.update", "session.commentary.append"]
+    started_at = next(t for t, way, e in live.timeline if way == "out" and e["type"] == "session.started")
+    commands = [t for t, way, e in live.timeline if way == "in" and e["type"] != "session.start"]
+    assert commands and min(commands) >= started_at
+    (update,) = sim.events_of("session.update")
+    assert TOOL in [t["name"] for t in update["session"]["delegation"]["responses"]["tools"]]
+    assert commentary(sim) == ["The caller entered 4 2 on the keypad."]
+    assert live.audio_dropped == 0 and live.errors == []
+    assert call.record.disconnect is None
+    assert sim.violations == [] and call.record.violations == []
+
+
+async def test_a_backend_response_running_at_the_recycle_moment_holds_the_recycle_until_answered(
+    connected, monkeypatch
+):
+    monkeypatch.setattr("openai_live_client.RECYCLE_RETRY_SECONDS", 0.2)
+    # The session is due for replacement about 10 s in. The backend reasons 5 s before it asks
+    # for a lookup and 5 s more over its result: busy from about 1.5 s to 11.5 s, and the answer
+    # is spoken, the replacement done, well before the session expires at 14 s.
+    script = Script(
+        turns=[Turn(call="lookup_weather", arguments={})], default=Turn(say="It is sunny.", seconds=0.3)
+    )
+    app, sim = await connected(script, sim_options={"session_seconds": 14.0})
+    sim.backend_reasoning = 5.0
+    async with new_call(app) as call:
+        await call.open()
+        await call.stream(speech_like(0.8, seed=3) + silence(14.5))
+        await call.close()
+    assert len(sim.sessions) == 2
+    first = sim.sessions[0]
+    assert first.closed_reason == "close_requested"  # recycled by us, not expired
+    assert first.continuations == ["It is sunny."] and first.utterances == ["It is sunny."]
+    answered = [
+        t
+        for t, way, e in first.timeline
+        if way == "out" and e["type"] == "response.event" and e["event"]["type"] == "response.completed"
+    ]
+    close_at = next(t for t, way, e in first.timeline if way == "in" and e["type"] == "session.close")
+    assert len(answered) == 2 and close_at > answered[-1]
+    assert bytes(call.record.bot_audio) == bytes(first.audio_spoken) and call.record.bot_audio
+    assert call.record.disconnect is None
+    assert sim.violations == [] and call.record.violations == []
+
+
+async def test_a_farewell_held_back_by_a_slow_data_action_of_its_batch_is_played_in_full(
+    connected, genesys_api
+):
+    # The farewell's response.create waits for the batch's slow lookup: the wait for the
+    # farewell to begin runs from that create, not from the end_conversation call.
+    slow_schema = {**ACCOUNT_SCHEMA, "title": "Slow Lookup Request"}
+    genesys_api.actions["slow-1"] = FakeAction(slow_schema, delay=6.0, result={"status": "closed"})
+    batch = [
+        (SLOW_TOOL, {"accountNumber": "3333"}),
+        ("end_conversation_successfully", {"summary": "Checked the account."}),
+    ]
+    script = Script(turns=[Turn(calls=batch)], farewell=Turn(say="Thanks for calling, goodbye!", seconds=2.0))
+    app, sim = await connected(script, FAREWELL_TIMEOUT_SECONDS="20", **genesys_api.env())
+    variables = {"DATA_ACTION_IDS": "slow-1", "DATA_ACTION_DESCRIPTIONS": "Slow"}
+    async with new_call(app, input_variables=variables) as call:
+        disconnect = await run_until_disconnect(call, speech_like(1.0, seed=3) + silence(18), timeout=25)
+    assert disconnect["parameters"]["reason"] == "completed"
+    live = sim.sessions[0]
+    assert genesys_api.executions == [("slow-1", {"accountNumber": "3333"})]
+    assert live.continuations == [script.farewell.say] and live.utterances == [script.farewell.say]
+    assert bytes(call.record.bot_audio) == bytes(live.audio_spoken) and len(call.record.bot_audio) == 16_000
+    assert call.record.disconnect_at >= call.record.audio_frames[0][0] + 2.0 - 0.6
+    kinds = client_types(sim)
+    assert kinds.count("response.create") == 1 and kinds[-1] == "session.close"
+    assert sim.violations == [] and call.record.violations == []
+
+
+async def test_a_long_tool_result_for_a_replaced_socket_reaches_it_whole_in_appends_within_the_limit(
+    connected, genesys_api
+):
+    orders = [{"order": f"A-{n:04d}", "item": f"replacement part {n}", "state": "shipped"} for n in range(70)]
+    genesys_api.actions["acct-1"] = FakeAction(ACCOUNT_SCHEMA, delay=1.5, result={"orders": orders})
+    script = Script(turns=[Turn(call=TOOL, arguments={"accountNumber": "1111"})])
+    app, sim = await connected(script, **genesys_api.env())
+    async with new_call(app, input_variables={"DATA_ACTION_IDS": "acct-1"}) as call:
+        await call.open()
+        await call.stream(speech_like(1.0, seed=3) + silence(0.6))
+        await wait_for(lambda: genesys_api.executions, 5)
+        sim.drop_all()  # the lookup answers after its socket is gone: the next one gets a note
+        await call.stream(silence(4.0))
+        await call.close()
+    assert len(sim.sessions) == 2
+    appends = [e for e in sim.sessions[1].received if e["type"] in APPEND_EVENTS]
+    first = next(i for i, e in enumerate(appends) if e["content"].startswith("The tool "))
+    last = next(i for i, e in enumerate(appends) if i >= first and e["type"] == "session.commentary.append")
+    parts = appends[first : last + 1]
+    note = f"The tool {TOOL}, called before a reconnection, returned: " + json.dumps(
+        {"orders": orders}, ensure_ascii=False
+    )
+    assert len(note) > 4000 and len(parts) >= 4
+    assert "".join(e["content"] for e in parts) == note
+    assert all(len(e["content"]) <= 1000 for e in parts)
+    assert {e["type"] for e in parts[:-1]} == {"session.thinking.append"}  # silent until the last
+    assert sim.violations == [] and call.record.violations == []
+
+
+class Outbox:
+    """A socket stand-in that keeps what the session sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send(self, event: Any) -> None:
+        self.sent.append(event)
+
+
+def bare_session() -> tuple[LiveSession, Outbox]:
+    outbox = Outbox()
+    session = LiveSession(
+        outbox,  # type: ignore[arg-type]
+        label="OpenAI",
+        model="gpt-live-1",
+        backend_model="gpt-5.4-mini",
+        approval=ApprovalPolicy(),
+        metrics=Metrics(),
+        clock=time.monotonic,
+        text_api=TextApi(),
+        api_base_url="http://127.0.0.1:9/v1",
+        headers={},
+        summary_model="gpt-5.4-mini",
+    )
+    call = make_settings(OPENAI_API="live").call_config(None, {})
+    session.begin(SessionStart(spec=CallSpec(call=call, instructions="Be brief."), socket=1))
+    return session, outbox
+
+
+def test_before_session_started_only_an_error_answering_session_start_refuses_the_session():
+    session, outbox = bare_session()
+    start_id = outbox.sent[0]["event_id"]
+    other = {
+        "type": "error",
+        "client_event_id": "lv1c9",
+        "error": {"type": "invalid_request_error", "code": "x"},
+    }
+    session.handle(other)  # an error about some other event is no refusal
+    assert not session.started
+    answering = {**other, "client_event_id": start_id}
+    with pytest.raises(ModelFailed):
+        session.handle(answering)

@@ -474,6 +474,51 @@ async def test_nothing_comes_before_session_start_and_early_audio_is_refused_but
     assert len(sim.violations) == 2
 
 
+async def test_a_slow_start_refuses_every_other_event_until_session_started(live):
+    sim = await live()
+    sim.start_delay = 0.5
+    ws = await client(sim)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await ws.send(json.dumps(START))
+    await ws.send(json.dumps(GREETING))
+    await ws.send(append(silence(0.1)))
+    await ws.send(json.dumps(START))
+    errors = [json.loads(await ws.recv()) for _ in range(3)]
+    assert [(e["type"], e.get("client_event_id"), e["error"]["code"]) for e in errors] == [
+        ("error", "g1", "session_not_started"),
+        ("error", None, "session_not_started"),
+        ("error", "e1", "session_already_started"),
+    ]
+    started = await next_event(ws, "session.started")
+    assert started["client_event_id"] == "e1" and loop.time() - began >= 0.5
+    await ws.send(json.dumps(GREETING))
+    assert (await next_event(ws, "session.commentary.appended"))["client_event_id"] == "g1"
+    await ws.close()
+    assert [v.split(":")[0] for v in sim.violations] == [
+        "session.commentary.append",
+        "session.input_audio.append",
+        "session.start",
+    ]
+    assert sim.sessions[0].audio_dropped == 800
+
+
+async def test_the_backend_reasons_between_response_created_and_its_output_on_demand(live):
+    script = Script(turns=[Turn(call="lookup_order", arguments={"order": "42"})])
+    sim = await live(script)
+    sim.backend_reasoning = 0.6
+    async with call(sim) as (_, inbox, caller):
+        caller.say(1.0)
+        await inbox.wait(lambda e: e["type"] == "response.event" and e["event"]["type"] == "response.created")
+        loop = asyncio.get_running_loop()
+        created_at = loop.time()
+        await inbox.wait(
+            lambda e: e["type"] == "response.event" and e["event"]["type"] == "response.output_item.added"
+        )
+        assert loop.time() - created_at >= 0.5
+    assert sim.violations == []
+
+
 async def test_an_unknown_voice_gets_invalid_value_and_no_session_started(live):
     sim = await live()
     ws = await client(sim)
