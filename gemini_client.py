@@ -354,9 +354,6 @@ class GeminiSession:
     capabilities: ClassVar[Capabilities] = Capabilities(
         truncation=False,
         caller_speech_events=False,
-        silent_tool_results=True,
-        farewell_is_continuation=True,
-        summary_in_session=False,
     )
     # Server message field -> method name, in the order the fields of one message are handled.
     # Names, not bound methods: a table of bound methods on the instance would be a reference

@@ -49,22 +49,16 @@ def peer_count(value: Any) -> int:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend does itself; the core adapts to these, never to a vendor's name."""
+    """What a backend does itself that changes what the core does; the core adapts to these,
+    never to a vendor's name. Differences the backend absorbs on its own (how a tool result is
+    handed over, whether the farewell is the model's continuation, where the summary is made)
+    stay behind its commands and are not flags."""
 
     # It can be told how much of a cut utterance the caller heard (Realtime's truncate).
     truncation: bool = False
     # It reports the caller starting and stopping to speak; otherwise the core learns of the
     # caller's voice only when the backend says the bot was interrupted.
     caller_speech_events: bool = False
-    # A tool result can be handed over without the model speaking at once (the caller may be
-    # talking): otherwise every result makes it speak, so results wait for no one.
-    silent_tool_results: bool = False
-    # The model's own continuation of `end_conversation_*` is the farewell; otherwise the core
-    # asks for one after handing the result over.
-    farewell_is_continuation: bool = False
-    # The summary is made on the live socket (an out-of-band response); otherwise by a separate
-    # text call, which works after the socket is gone.
-    summary_in_session: bool = False
 
 
 # -- what was said ------------------------------------------------------------------------------

@@ -398,9 +398,7 @@ class RealtimeSession:
     """One Realtime socket: its server events as the core's typed events, the core's commands as
     client events. Everything here lives and dies with the socket."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        truncation=True, caller_speech_events=True, silent_tool_results=True, summary_in_session=True
-    )
+    capabilities: ClassVar[Capabilities] = Capabilities(truncation=True, caller_speech_events=True)
     # Server event type -> method name. Names, not bound methods: a table of bound methods on the
     # instance would be a reference cycle keeping every finished call until a full collection.
     _HANDLERS: ClassVar[dict[str, str]] = {

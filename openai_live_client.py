@@ -342,9 +342,6 @@ class LiveSession:
     capabilities: ClassVar[Capabilities] = Capabilities(
         truncation=False,
         caller_speech_events=False,
-        silent_tool_results=False,
-        farewell_is_continuation=True,
-        summary_in_session=False,
     )
     # Server event type -> method name. Names, not bound methods: a table of bound methods on the
     # instance would be a reference cycle keeping every finished call until a full collection.
