@@ -109,8 +109,8 @@ class ReconnectBudget:
     """One budget of `OPENAI_RECONNECT_SECONDS` per outage, with backoff across all attempts.
 
     An outage starts at the first failure (a refused or unreachable connection, or a socket that
-    closed before it proved healthy) and ends only when a socket proves healthy: accepting a
-    connection is not recovering from the outage.
+    closed or stalled before it proved healthy), or at a planned move to a new socket, and ends
+    only when a socket proves healthy: accepting a connection is not recovering from the outage.
     """
 
     BASE = 0.2
@@ -129,6 +129,11 @@ class ReconnectBudget:
 
     def remaining(self) -> float:
         return self.seconds if self.deadline is None else self.deadline - self.clock()
+
+    def start(self) -> None:
+        """A planned move to a new socket: the budget runs from now until one proves healthy."""
+        if self.deadline is None:
+            self.deadline = self.clock() + self.seconds
 
     def failed(self) -> float | None:
         """One more failed attempt: the delay before the next, or None when the budget is spent."""
@@ -336,9 +341,12 @@ class CallBridge:
             await self._detach()
             self.metrics.openai_reconnects.labels((end or SessionEnd.DROPPED).value).inc()
             if healthy and budget.in_outage:
-                log.info("%s session restored after %d failed attempts", self.label, budget.healthy())
+                failed = budget.healthy()
+                if failed:
+                    log.info("%s session restored after %d failed attempts", self.label, failed)
             if end is SessionEnd.RECYCLED:
                 log.info("moving to a new %s session at a quiet moment", self.label)
+                budget.start()  # the move has the one budget, counted from now, not from a failure
                 continue
             if self.outcome is not None and self._farewell_done.is_set():
                 return  # the goodbye is said: the ending needs no new socket

@@ -98,3 +98,20 @@ async def test_a_drop_after_the_goodbye_was_generated_dials_no_new_socket(bridge
     assert disconnect["parameters"]["reason"] == "completed"
     assert len(sim.sessions) == 1
     assert len(call.record.bot_audio) == 3 * 8000  # generated before the drop: played to the end
+
+
+async def test_a_planned_move_to_a_new_socket_has_one_budget_counted_from_the_move(bridged):
+    app, sim = await bridged(sim_options={"session_seconds": 4.0}, OPENAI_RECONNECT_SECONDS="3")
+    async with new_call(app) as call:
+        await call.open()
+        streaming = asyncio.create_task(call.stream(silence(14.0)))
+        await wait_for(lambda: sim.sessions and sim.sessions[0].received)
+        sim.mute_next = 100  # every socket after the first says nothing
+        await wait_for(lambda: len(sim.sessions) == 2)  # the move, at 3/4 of the lifetime
+        moved = time.monotonic()
+        disconnect = await call.wait_disconnect(10)
+        elapsed = time.monotonic() - moved
+        streaming.cancel()
+    assert disconnect["parameters"]["reason"] == "error"
+    assert disconnect["parameters"]["outputVariables"]["ESCALATION_REQUIRED"] == "true"
+    assert elapsed < 4.5, elapsed  # 3 s from the move, not a first attempt and then the budget
