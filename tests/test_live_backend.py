@@ -652,3 +652,20 @@ def test_before_session_started_only_an_error_answering_session_start_refuses_th
     answering = {**other, "client_event_id": start_id}
     with pytest.raises(ModelFailed):
         session.handle(answering)
+
+
+async def test_the_callers_turn_keeps_its_place_before_the_answer_its_transcript_trails(connected):
+    script = Script(default=Turn(say="Hello there, how can I help?", seconds=1.0), caller_transcripts=["Hi."])
+    app, sim = await connected(script)
+    async with new_call(app) as call:
+        await call.open()
+        streaming = asyncio.create_task(call.stream(speech_like(0.4, seed=3) + silence(6.0)))
+        await wait_for(lambda: sim.sessions and sim.sessions[0].utterances)  # answered
+        await asyncio.sleep(2.0)  # the answer played, the caller's transcript came after it began
+        sim.sessions[0].drop()
+        await wait_for(lambda: len(sim.sessions) == 2 and sim.sessions[1].received)
+        streaming.cancel()
+        await asyncio.gather(streaming, return_exceptions=True)
+    start = next(e for e in sim.sessions[1].received if e["type"] == "session.start")
+    roles = [item["role"] for item in start["session"].get("input", start.get("input", []))]
+    assert roles == ["user", "assistant"]
