@@ -1201,6 +1201,11 @@ def report(r: dict) -> None:
     print(
         f"calls placed / outcomes       {r['calls_placed']} / {', '.join(f'{k} {v:.0f}' for k, v in sorted(r['outcomes'].items()))}"
     )
+    report_end(r)
+
+
+def report_end(r: dict) -> None:
+    """The lines every run ends with: what was left idle, memory, and what went wrong."""
     print(
         f"idle tasks / fds              before {r['idle_before']['tasks']:.0f} / {r['idle_before']['fds']:.0f}, after {r['idle_after']['tasks']:.0f} / {r['idle_after']['fds']:.0f}"
     )
@@ -1280,17 +1285,7 @@ def report_bytes(r: dict) -> None:
         f"calls placed / outcomes       {r['calls_placed']} / {', '.join(f'{k} {v:.0f}' for k, v in sorted(r['outcomes'].items()))};"
         f" calls without a model session {r['unmatched_calls']}, sessions without a call {r['unmatched_sessions']}"
     )
-    print(
-        f"idle tasks / fds              before {r['idle_before']['tasks']:.0f} / {r['idle_before']['fds']:.0f}, after {r['idle_after']['tasks']:.0f} / {r['idle_after']['fds']:.0f}"
-    )
-    print(
-        f"peak RSS                      {r['peak_rss_mib']:.1f} MiB (idle {r['baseline_rss_mib']:.1f} MiB), {r['rss_per_call_kib']:.0f} KiB per call"
-    )
-    print(
-        f"errors / violations           {len(r['errors'])} / {len(r['violations'])}; connector WARNING+ lines {r['connector_warnings']}"
-    )
-    for line in (r["errors"] + r["violations"] + r["connector_warning_lines"])[:10]:
-        print(f"  {line}")
+    report_end(r)
 
 
 def lost(r: dict) -> tuple[int, int]:
