@@ -237,8 +237,13 @@ class CallBridge:
             release_frames(failed)
             reason = str(failed.exceptions[0])
             log.warning("call failed: %s", reason)
-            await self._detach()  # no caller audio to a failed socket while Genesys closes
-            await self.link.disconnect("error", reason, self.output_variables(reason))
+            # No caller audio to the failed socket while Genesys closes; its close does not
+            # hold up the disconnect.
+            failed_session, self.session = self.session, None
+            async with asyncio.TaskGroup() as ending:
+                if failed_session is not None:
+                    ending.create_task(failed_session.close(), name="close-failed")
+                ending.create_task(self.link.disconnect("error", reason, self.output_variables(reason)))
         finally:
             self._tg = None
             await self._detach()
