@@ -679,7 +679,10 @@ class LiveSession:
         """Keep the session's timeline moving at real time: whenever the caller's audio falls
         behind (a Genesys pause, late frames), append silence; never a burst after a stall."""
         while True:
-            await asyncio.sleep(CLOCK_TICK)
+            # Asleep until the input could fall behind: while caller frames keep coming this
+            # wakes once a frame or less, not every tick (a timer a tick per call costs CPU).
+            due = self._covered_until + CLOCK_GAP - self.clock() if self.started else 0.0
+            await asyncio.sleep(max(CLOCK_TICK, due))
             if not self.started:
                 continue
             now = self.clock()
