@@ -585,6 +585,18 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+def p50_p99_ms(seconds: list[float]) -> tuple[float, float]:
+    return percentile(seconds, 50) * 1000, percentile(seconds, 99) * 1000
+
+
+def pong_figures(callers: list[dict]) -> dict[str, float]:
+    pongs = [p for c in callers for p in c.get("pongs", [])]
+    return {
+        "pong_p99_ms": percentile(pongs, 99) * 1000,
+        "pong_max_ms": max(pongs) * 1000 if pongs else float("nan"),
+    }
+
+
 def analyse(callers: list[dict], realtime: dict, steady: float, end: float, calls: int) -> dict:
     sent_at = {(c["index"], k & 0xFFFF): t for c in callers for t, k in c.get("sent", [])}
     caller_latency = []
@@ -647,13 +659,11 @@ def analyse(callers: list[dict], realtime: dict, steady: float, end: float, call
                 previous = t
             if key not in cancelled and key in emitted and not cut_short:
                 bot_lost += max(0, emitted[key] - offset) // FRAME_BYTES
-    pongs = [p for c in callers for p in c.get("pongs", [])]
     return {
-        "caller_to_openai_ms": (percentile(caller_latency, 50) * 1000, percentile(caller_latency, 99) * 1000),
-        "bot_to_caller_ms": (percentile(bot_latency, 50) * 1000, percentile(bot_latency, 99) * 1000),
-        "bot_first_audio_ms": (percentile(first_audio, 50) * 1000, percentile(first_audio, 99) * 1000),
-        "pong_p99_ms": percentile(pongs, 99) * 1000,
-        "pong_max_ms": max(pongs) * 1000 if pongs else float("nan"),
+        "caller_to_openai_ms": p50_p99_ms(caller_latency),
+        "bot_to_caller_ms": p50_p99_ms(bot_latency),
+        "bot_first_audio_ms": p50_p99_ms(first_audio),
+        **pong_figures(callers),
         "frames_lost_caller_to_openai": caller_lost,
         "frames_lost_bot_to_caller": bot_lost,
         "late_bot_frames": late,
@@ -855,13 +865,11 @@ def analyse_bytes(callers: list[dict], model: dict, backend: str, steady: float,
             totals[key] += value
         if os.environ.get("BENCH_DEBUG") and (short or out_short):
             print("debug call", c["index"], sent, got, out.expected, out.received, file=sys.stderr)
-    pongs = [p for c in callers for p in c.get("pongs", [])]
     return {
-        "caller_to_model_ms": (percentile(caller_latency, 50) * 1000, percentile(caller_latency, 99) * 1000),
-        "bot_to_caller_ms": (percentile(bot_latency, 50) * 1000, percentile(bot_latency, 99) * 1000),
-        "bot_first_audio_ms": (percentile(first_audio, 50) * 1000, percentile(first_audio, 99) * 1000),
-        "pong_p99_ms": percentile(pongs, 99) * 1000,
-        "pong_max_ms": max(pongs) * 1000 if pongs else float("nan"),
+        "caller_to_model_ms": p50_p99_ms(caller_latency),
+        "bot_to_caller_ms": p50_p99_ms(bot_latency),
+        "bot_first_audio_ms": p50_p99_ms(first_audio),
+        **pong_figures(callers),
         "frames_lost_caller_to_model": lost_in,
         "frames_lost_model_to_caller": lost_out,
         "bytes": totals,
