@@ -200,7 +200,6 @@ class CallBridge:
         self._late_inputs: list[str] = []  # keyed digits while no socket took them
         self._farewell_asked_on = 0  # the socket already asked for the farewell
         self._tools_ready = asyncio.Event()
-        self._tools_running = 0
         self._tools_by_socket: collections.Counter[int] = collections.Counter()  # running, per asking socket
         self._tool_tasks: dict[str, tuple[asyncio.Task[None], str]] = {}  # call id -> (Data Action, name)
         self._digit_turns = 0
@@ -488,6 +487,10 @@ class CallBridge:
             and self._tools_running == 0
         )
 
+    @property
+    def _tools_running(self) -> int:
+        return sum(self._tools_by_socket.values())
+
     def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None] | None:
         if self._tg is not None:
             return self._tg.create_task(coro, name=name)
@@ -615,7 +618,6 @@ class CallBridge:
         assert self.data_tools is not None
         started = self.link.now()
         socket = self.socket
-        self._tools_running += 1
         self._tools_by_socket[socket] += 1
         work = asyncio.create_task(self.data_tools.run(call.name, call.arguments), name=f"run-{call.name}")
         try:
@@ -627,7 +629,6 @@ class CallBridge:
             output, ok = await work
         finally:
             await cancel_and_wait(work)
-            self._tools_running -= 1
             self._tools_by_socket[socket] -= 1
             self._tool_tasks.pop(call.call_id, None)
         self.metrics.tool_calls.labels(call.name, "ok" if ok else "error").inc()

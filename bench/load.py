@@ -1169,9 +1169,10 @@ def others(r: dict) -> str:
     )
 
 
-def report(r: dict) -> None:
+def report_start(r: dict, label: str) -> None:
+    """The lines every run begins with: what ran, for how long, and the CPU it took."""
     print(
-        f"calls                         {r['calls']} (connector {r['loop']} loop, generators"
+        f"calls                         {r['calls']} {label}(connector {r['loop']} loop, generators"
         f" {r.get('generator_loop', r['loop'])}, taskset {'yes' if r['pinned'] else 'no'})"
     )
     print(f"measured window               {r['window_s']:.1f} s")
@@ -1180,6 +1181,10 @@ def report(r: dict) -> None:
     )
     print(f"load generators CPU           {r['generator_utilisation'] * 100:.0f} % of the other core")
     print(f"other processes CPU           {others(r)}")
+
+
+def report(r: dict) -> None:
+    report_start(r, "")
     print(
         f"added latency caller->OpenAI  p50 {r['caller_to_openai_ms'][0]:.2f} ms  p99 {r['caller_to_openai_ms'][1]:.2f} ms  ({r['caller_frames_measured']} frames)"
     )
@@ -1247,16 +1252,7 @@ def report_bytes(r: dict) -> None:
     b = r["bytes"]
     lag, top = r["loop_lag_p99_ms"], r["loop_lag_max_ms"]
     model = f"{r['backend']}_simulator"
-    print(
-        f"calls                         {r['calls']} {LABELS[r['backend']]} (connector {r['loop']} loop, generators"
-        f" {r['generator_loop']}, taskset {'yes' if r['pinned'] else 'no'})"
-    )
-    print(f"measured window               {r['window_s']:.1f} s")
-    print(
-        f"connector CPU                 {r['cpu_s_per_call_minute']:.3f} s per call-minute ({r['cpu_utilisation'] * 100:.0f} % of one core)"
-    )
-    print(f"load generators CPU           {r['generator_utilisation'] * 100:.0f} % of the other core")
-    print(f"other processes CPU           {others(r)}")
+    report_start(r, LABELS[r["backend"]] + " ")
     print(
         f"added latency caller->model   p50 {r['caller_to_model_ms'][0]:.2f} ms  p99 {r['caller_to_model_ms'][1]:.2f} ms  ({r['caller_frames_measured']} frames; {inbound})"
     )
